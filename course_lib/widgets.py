@@ -1,0 +1,53 @@
+"""Interactive panels that also run headless.
+
+In JupyterLab a panel shows its controls and a Run button (or re-runs live as a slider moves).
+Under papermill (``make course``, CI) nobody can click, so the panel runs once with the
+controls' current values: the notebook's parameters. Same code, same result, no hanging cell.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+
+def headless() -> bool:
+    """True when no front end can show widgets (set by course_lib.runner for papermill runs)."""
+    return os.environ.get("COURSE_HEADLESS") == "1"
+
+
+def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool = False,
+          run_now: bool = False):
+    """Show CONTROLS (name -> ipywidget) and call ``run(**values)`` on click (or on change if live).
+
+    Headless, ``run`` is called once with the current values and its return value is returned.
+    """
+    values = {name: widget.value for name, widget in controls.items()}
+    if headless():
+        return run(**values)
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    out = widgets.Output()
+    trigger = widgets.Button(description=button, button_style="primary") if button else None
+
+    def refresh(_=None):
+        if trigger is not None:
+            trigger.disabled = True
+        with out:
+            out.clear_output(wait=True)
+            try:
+                run(**{name: widget.value for name, widget in controls.items()})
+            finally:
+                if trigger is not None:
+                    trigger.disabled = False
+
+    if trigger is not None:
+        trigger.on_click(refresh)
+    if live:
+        for widget in controls.values():
+            widget.observe(refresh, names="value")
+    display(widgets.VBox([*controls.values(), *([trigger] if trigger else []), out]))
+    if live or run_now:
+        refresh()
+    return None
