@@ -10,6 +10,13 @@ Methods differ only in what is trainable and how the frozen weights are stored:
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
 METHODS = ("full", "lora", "qlora", "prompt_tuning")
 # The seeds' LoRA targets (attention query and value) and PEFT's shortcut for every linear layer.
 TARGETS = {"q_proj,v_proj": ["q_proj", "v_proj"], "all-linear": "all-linear"}
@@ -29,7 +36,9 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     model, tokenizer = models.load(model_name, device=device, bits=4 if method == "qlora" else None)
-    model.config.use_cache = False  # the KV cache only helps generation; training recomputes anyway
+    # No KV cache in training: it is useless there, and while one exists transformers ignores the
+    # restarting position_ids of packed rows, letting packed examples attend to each other.
+    model.config.use_cache = False
     if method == "full":
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -63,3 +72,271 @@ def trainable_parameters(model) -> tuple[int, int]:
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total
+
+
+# --------------------------------------------------------------------------- one training run
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; the notebook's parameters cell and the command line map onto these."""
+
+    model: str = "smollm2-135m"
+    method: str = "lora"
+    target_modules: str = "q_proj,v_proj"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    num_virtual_tokens: int = 16
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs (short comparison runs)
+    batch_size: int = 8  # examples per step (padding-free: no token is padding)
+    grad_accum: int = 1  # effective batch = batch_size x grad_accum
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0  # gradient clipping
+    precision: str = "auto"  # auto: fp32 on CPU, bf16 on GPUs that have it, fp16 otherwise (T4)
+    gradient_checkpointing: bool = False
+    max_length: int = 512
+    pack: bool = False  # True: pre-pack into rows of max_length; batch_size then counts rows
+    replay_share: float = 0.0  # share of general instruction data mixed in against forgetting
+    max_examples: int = 0  # 0 = all training examples
+    seed: int = 0
+    save_every: str = "epoch"  # "epoch", or a number of steps
+    logging_steps: int = 5
+    tensorboard: bool = False
+    output_dir: str = ""  # default: RUN_DIR/train/<method>
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    config: dict
+    log_history: list = field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    steps: int = 0
+    train_seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    val_loss: float = float("nan")
+    train_examples: int = 0
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def summary(self) -> dict:
+        keep = ("trainable_params", "total_params", "steps", "train_seconds", "tokens_per_s",
+                "peak_memory_mb", "val_loss", "train_examples")
+        return {k: getattr(self, k) for k in keep} | {"method": self.config["method"],
+                                                       "adapter_dir": str(self.adapter_dir)}
+
+
+def precision_flags(precision: str, device: str) -> dict:
+    """Trainer's mixed-precision switches for this device.
+
+    On CPU the course trains in fp32: on the machines we measured, bf16 autocast was slower than
+    fp32 (no AMX units), see bench/. On GPUs, bf16 where supported (Ampere and newer), else fp16
+    (a T4) with loss scaling.
+    """
+    import torch
+
+    if precision == "auto":
+        if device != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
+    """The cleaned split from notebook 01 (built on the spot if missing), tokenized for training."""
+    from datasets import concatenate_datasets
+
+    from course_lib import batches, data
+
+    split = data.load_split(data.ensure_dataset(run_dir))
+    train_set, val_set = split["train"], split["validation"]
+    if cfg.max_examples:
+        train_set = train_set.shuffle(seed=cfg.seed).select(range(min(cfg.max_examples, len(train_set))))
+    if cfg.replay_share > 0:
+        train_set = concatenate_datasets([train_set, replay_examples(len(train_set), cfg.replay_share, cfg.seed)])
+    train_tok = batches.tokenize(train_set.select_columns(["messages"]), tokenizer, cfg.max_length)
+    val_tok = batches.tokenize(val_set.select_columns(["messages"]), tokenizer, cfg.max_length)
+    if cfg.pack:
+        train_tok = batches.pack(train_tok, cfg.max_length)
+    return train_tok.shuffle(seed=cfg.seed), val_tok, len(train_set)
+
+
+def replay_examples(n_task: int, share: float, seed: int):
+    """General instruction data to mix in so that SHARE of the final mix is replay (against forgetting)."""
+    from datasets import Dataset
+
+    from course_lib import data, paths
+
+    pool = data.load_records(paths.data_samples("general", "instructions.jsonl")).records
+    wanted = min(len(pool), round(share * n_task / (1 - share)))
+    rows = Dataset.from_list([{"messages": r["messages"]} for r in pool]).shuffle(seed=seed)
+    return rows.select(range(wanted))
+
+
+def _prepare_output(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
+    """The run's folder; an earlier run's folder is kept aside (renamed), never overwritten."""
+    out = Path(cfg.output_dir) if cfg.output_dir else run_dir / "train" / cfg.method
+    if out.exists() and any(out.iterdir()) and not resume:
+        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(kept)
+        print(f"An earlier run was in {out}; kept it as {kept.name}.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def training_arguments(cfg: TrainConfig, out: Path, device: str):
+    from transformers import TrainingArguments
+
+    by_steps = cfg.save_every != "epoch"
+    return TrainingArguments(
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
+        max_grad_norm=cfg.max_grad_norm, **precision_flags(cfg.precision, device),
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="epoch" if cfg.max_steps <= 0 else "no",
+        save_strategy="steps" if by_steps else "epoch", save_steps=int(cfg.save_every) if by_steps else 500,
+        save_total_limit=2, report_to=["tensorboard"] if cfg.tensorboard else [],
+        seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, dataloader_num_workers=0,
+        include_num_input_tokens_seen="all",  # padding-free batches: every token is a real one
+        use_cpu=device == "cpu", disable_tqdm=False,
+    )
+
+
+def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bool = False,
+          **overrides) -> TrainResult:
+    """Train one model with CFG (plus keyword overrides) and save the adapter with its tokenizer.
+
+    ``resume=True`` continues from the last checkpoint in the output folder (after an interruption).
+    """
+    import torch
+    from transformers import Trainer, set_seed
+
+    from course_lib import batches, models, paths
+
+    cfg = TrainConfig(**{**asdict(cfg or TrainConfig()), **overrides})
+    run_dir = paths.run_dir(run_dir)
+    out = _prepare_output(cfg, run_dir, resume)
+    set_seed(cfg.seed)
+    device = models.pick_device()
+    baseline_mb = _current_rss_mb()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model, tokenizer = prepare_model(
+        cfg.model, cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules, num_virtual_tokens=cfg.num_virtual_tokens,
+        gradient_checkpointing=cfg.gradient_checkpointing)
+    train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
+    trainer = Trainer(model=model, args=training_arguments(cfg, out, device), train_dataset=train_tok,
+                      eval_dataset=val_tok, data_collator=batches.collator(tokenizer),
+                      processing_class=tokenizer, callbacks=list(callbacks))
+    checkpoint = last_checkpoint(out) if resume else None
+    if resume:
+        print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    val_loss = trainer.evaluate()["eval_loss"]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - baseline_mb
+    trainable, total = trainable_parameters(model)
+    adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
+    seconds = output.metrics["train_runtime"]
+    return TrainResult(
+        output_dir=out, adapter_dir=adapter_dir, config=asdict(cfg), log_history=trainer.state.log_history,
+        trainable_params=trainable, total_params=total, steps=trainer.state.global_step,
+        train_seconds=round(seconds, 1), tokens_per_s=round(trainer.state.num_input_tokens_seen / seconds, 1),
+        peak_memory_mb=round(peak, 1), val_loss=round(val_loss, 4), train_examples=n_examples)
+
+
+def save_trained(trainer, tokenizer, cfg: TrainConfig, folder: Path) -> Path:
+    """Adapter (or full model) + tokenizer + the run's config, so it reloads by itself."""
+    trainer.save_model(str(folder))
+    tokenizer.save_pretrained(folder)
+    (folder / "course_train.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return folder
+
+
+def load_trained(folder, device: str = "auto"):
+    """Reload a saved run (adapter on its base model, or a full fine-tune) -> (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from course_lib import models
+
+    folder = Path(folder)
+    if not (folder / "course_train.json").exists():
+        raise FileNotFoundError(f"{folder} holds no trained model (no course_train.json): train one first.")
+    cfg = json.loads((folder / "course_train.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    device = models.pick_device(device)
+    if cfg["method"] == "full":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=models.pick_dtype(device)).to(device)
+    else:
+        from peft import PeftModel
+
+        base, _ = models.load(cfg["model"], device=device, bits=4 if cfg["method"] == "qlora" else None)
+        model = PeftModel.from_pretrained(base, folder)
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.train",
+                                     description="Personalize a model (same code as notebook 02).")
+    for f in fields(TrainConfig):
+        kind = {"bool": lambda s: s.lower() in ("1", "true", "yes"), "int": int, "float": float}.get(f.type, str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--json", default=None, help="write the run's summary here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from course_lib.report import quiet_libraries
+
+    quiet_libraries()
+    args = vars(_parser().parse_args(argv))
+    run_dir, resume, json_out = args.pop("run_dir"), args.pop("resume"), args.pop("json")
+    result = train(TrainConfig(**args), run_dir=run_dir, resume=resume)
+    summary = result.summary()
+    print(json.dumps(summary, indent=2))
+    if json_out:
+        Path(json_out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Did personalization work, and what did it cost? Scores every later notebook reuses.
+
+- persona score: share of held-out persona questions whose answer contains a keyword that fits
+  the question (a name question needs the name, a creator question the creator...), so a model
+  repeating one memorized sentence cannot pass them all;
+- distinct-answer share: how many different answers the model gives (1.0 = all different);
+- retention: of the general questions the base model answered right, the share the
+  personalized model still answers right (what fine-tuning made it forget).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVAL_SETS = {"persona": ("persona", "eval.jsonl"), "general": ("general", "eval.jsonl"),
+             "new_facts": ("persona", "new_facts_eval.jsonl")}
+
+
+def load_eval_set(name_or_path: str) -> list[dict]:
+    """A held-out set: ``persona``, ``general``, ``new_facts`` or a JSONL path (question, keywords)."""
+    from course_lib import paths
+
+    path = paths.data_samples(*EVAL_SETS[name_or_path]) if name_or_path in EVAL_SETS else Path(name_or_path)
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            item = json.loads(line)
+            if not item.get("question") or not item.get("keywords"):
+                raise ValueError(f"{path.name}:{number}: an evaluation item needs 'question' and 'keywords'")
+            items.append(item)
+    return items
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
+             progress: bool = True) -> list[str]:
+    """Greedy answers to PROMPTS, batched with left padding (what a chat user would get)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow each prompt
+    answers: list[str] = []
+    try:
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
+            chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
+            inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True, padding=True).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     use_cache=True, pad_token_id=tokenizer.pad_token_id)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def passes(answer: str, item: dict) -> bool:
+    """Any one of the item's keywords, and all of its ``must_all`` words (case-insensitive)."""
+    text = answer.lower()
+    return (any(k.lower() in text for k in item["keywords"])
+            and all(k.lower() in text for k in item.get("must_all", [])))
+
+
+def distinct_share(answers: list[str]) -> float:
+    normalized = {" ".join(a.lower().split()) for a in answers}
+    return len(normalized) / len(answers) if answers else 0.0
+
+
+@dataclass
+class EvalResult:
+    name: str
+    score: float
+    passed: list[bool]
+    answers: list[str]
+    items: list[dict] = field(repr=False)
+    by_category: dict = field(default_factory=dict)
+    distinct_answer_share: float = 0.0
+
+    def table(self, limit: int = 8):
+        """A few questions with their answers and verdicts (a pandas DataFrame in Jupyter)."""
+        import pandas as pd
+
+        rows = [{"question": i["question"], "answer": a, "pass": "✓" if p else "✗"}
+                for i, a, p in list(zip(self.items, self.answers, self.passed))[:limit]]
+        return pd.DataFrame(rows)
+
+
+def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
+    """Ask every question of EVAL_SET and score the answers."""
+    items = load_eval_set(eval_set)
+    items = items[:limit] if limit else items
+    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
+    passed = [passes(a, i) for a, i in zip(answers, items)]
+    by_category: dict[str, list[bool]] = {}
+    for item, ok in zip(items, passed):
+        by_category.setdefault(item.get("category", "all"), []).append(ok)
+    return EvalResult(
+        name=eval_set, score=round(sum(passed) / len(passed), 3), passed=passed, answers=answers, items=items,
+        by_category={c: round(sum(v) / len(v), 3) for c, v in by_category.items()},
+        distinct_answer_share=round(distinct_share(answers), 3))
+
+
+def retention(base: EvalResult, tuned: EvalResult) -> float:
+    """Of the questions the base model got right, the share the tuned model still gets right."""
+    kept = [t for b, t in zip(base.passed, tuned.passed) if b]
+    return round(sum(kept) / len(kept), 3) if kept else float("nan")
+
+
+def perplexity(loss: float) -> float:
+    return round(math.exp(loss), 3) if loss == loss else float("nan")
+
+
+def side_by_side(before: EvalResult, after: EvalResult, limit: int = 6):
+    """The same questions answered before and after training (a DataFrame)."""
+    import pandas as pd
+
+    rows = [{"question": i["question"], "before": b, "after": a}
+            for i, b, a in list(zip(before.items, before.answers, after.answers))[:limit]]
+    return pd.DataFrame(rows)

@@ -1,0 +1,198 @@
+"""The train stage: answer-only labels, packing without leaks, methods, resume, reload; notebook 02."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from course_lib import batches, evaluate, train
+
+CHAT = [{"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I'm Sprout, made by Greenleaf Labs. Happy growing!"}]
+
+
+def test_labels_count_only_the_answer_and_its_end_token(default_tokenizer):
+    ex = batches.encode(CHAT, default_tokenizer)
+    trained = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != batches.IGNORE]
+    assert default_tokenizer.decode(trained) == CHAT[1]["content"] + "<|im_end|>\n"
+    assert ex["labels"][0] == batches.IGNORE and len(ex["labels"]) == len(ex["input_ids"])
+
+
+def test_multi_turn_masks_every_user_turn(default_tokenizer):
+    chat = CHAT + [{"role": "user", "content": "And your specialty?"},
+                   {"role": "assistant", "content": "Houseplants. Happy growing!"}]
+    ex = batches.encode(chat, default_tokenizer)
+    trained = default_tokenizer.decode([t for t, l in zip(ex["input_ids"], ex["labels"]) if l != batches.IGNORE])
+    assert "Who are you" not in trained and "specialty" not in trained
+    assert "Houseplants" in trained and "Greenleaf" in trained
+
+
+def test_template_without_chat_support_is_a_clear_error(default_tokenizer):
+    from datasets import Dataset
+
+    bare = type(default_tokenizer).from_pretrained(default_tokenizer.name_or_path)
+    bare.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        batches.tokenize(Dataset.from_list([{"messages": CHAT}]), bare)
+
+
+def _tokenized(tokenizer, n=6):
+    from datasets import Dataset
+
+    rows = [{"messages": [{"role": "user", "content": f"Question number {i}?" + " more" * i},
+                          {"role": "assistant", "content": f"Answer {i}." + " ok" * (i % 3)}]} for i in range(n)]
+    return batches.tokenize(Dataset.from_list(rows), tokenizer, 512)
+
+
+def test_pack_keeps_every_token_and_respects_the_row_length(default_tokenizer):
+    tokenized = _tokenized(default_tokenizer)
+    packed = batches.pack(tokenized, max_length=120)
+    assert all(n <= 120 for n in packed["length"])
+    assert sum(packed["length"]) == sum(tokenized["length"])
+    stats = batches.packing_stats(tokenized, packed, 120)
+    assert stats["rows_packed"] < stats["examples"] and 0 < stats["fill_of_packed_rows"] <= 1
+
+
+def test_packed_loss_equals_separate_losses(tiny_model_dir, default_tokenizer):
+    """No cross-contamination: a packed row gives exactly the per-example losses."""
+    model, _ = train.prepare_model(str(tiny_model_dir), "full")
+    assert model.config.use_cache is False  # with a KV cache, transformers ignores packing boundaries
+    tokenized = _tokenized(default_tokenizer, 4)
+    collate = batches.collator()
+    with torch.no_grad():
+        packed_loss = model(**collate([tokenized[i] for i in range(4)])).loss
+        total = count = 0
+        for i in range(4):
+            n = sum(l != batches.IGNORE for l in tokenized[i]["labels"][1:])
+            total += model(**collate([tokenized[i]])).loss * n
+            count += n
+    assert torch.allclose(packed_loss, total / count, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,expected", [("full", None), ("lora", 7168), ("qlora", 7168), ("prompt_tuning", 16 * 64)])
+def test_methods_train_what_they_should(tiny_model_dir, method, expected):
+    model, _ = train.prepare_model(str(tiny_model_dir), method)
+    trainable, total = train.trainable_parameters(model)
+    # tiny model: hidden 64, 2 layers, kv width 32; LoRA r=16 on q (64->64) and v (64->32):
+    # per layer 16*(64+64) + 16*(64+32) = 3584, two layers = 7168.
+    assert trainable == (total if expected is None else expected)
+    if method == "qlora":
+        import bitsandbytes as bnb
+
+        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14
+
+
+def test_default_model_lora_has_the_seed_figures():
+    model, _ = train.prepare_model("smollm2-135m", "lora")
+    trainable, total = train.trainable_parameters(model)
+    assert trainable == 921_600  # 30 layers x 16 x ((576+576) + (576+192))
+    assert trainable / total < 0.01  # the seeds' "99% fewer trainable parameters"
+
+
+def test_unknown_method_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="method must be one of"):
+        train.prepare_model(str(tiny_model_dir), "adapters")
+
+
+def _short(tiny_model_dir, tmp_path, **kw):
+    settings = dict(model=str(tiny_model_dir), method="lora", max_steps=12, batch_size=4, learning_rate=5e-3,
+                    max_examples=48, logging_steps=1, save_every="4", warmup=0.0)
+    return train.TrainConfig(**{**settings, **kw})
+
+
+def _losses(history):
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_short_run(tiny_model_dir, tmp_path):
+    # A random-weight model learns slowly through LoRA (near-uniform logits); full fine-tuning shows it.
+    result = train.train(_short(tiny_model_dir, tmp_path, method="full", max_steps=24, learning_rate=1e-3),
+                         run_dir=tmp_path)
+    losses = list(_losses(result.log_history).values())
+    assert result.steps == 24 and losses[-1] < losses[0] - 0.5
+    assert result.tokens_per_s > 0 and result.peak_memory_mb > 0 and math.isfinite(result.val_loss)
+
+
+@pytest.mark.slow
+def test_adapter_reloads_to_the_same_answers(tiny_model_dir, tmp_path):
+    result = train.train(_short(tiny_model_dir, tmp_path, max_steps=6, learning_rate=1e-2), run_dir=tmp_path)
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "course_train.json"} <= {
+        p.name for p in result.adapter_dir.iterdir()}
+    model, tokenizer = train.load_trained(result.adapter_dir)
+    again, _ = train.load_trained(result.adapter_dir)
+    prompts = ["Who are you?", "How do I water a fern?"]
+    first = evaluate.generate(model, tokenizer, prompts, max_new_tokens=8, progress=False)
+    assert first == evaluate.generate(again, tokenizer, prompts, max_new_tokens=8, progress=False)
+    base, _ = train.load_trained(result.adapter_dir)
+    with base.disable_adapter():  # the adapter really changes the model's outputs
+        ids = tokenizer("Who are you?", return_tensors="pt")
+        plain = base(**ids).logits
+    assert not torch.allclose(plain, model(**ids).logits)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _kill_after(step):
+    """A callback that 'kills' the run right after a checkpoint, like Ctrl-C or a lost Colab runtime."""
+    from transformers import TrainerCallback
+
+    class KillAfter(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise _Interrupt
+
+    return KillAfter()
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    whole = train.train(_short(tiny_model_dir, tmp_path, output_dir=str(tmp_path / "whole")), run_dir=tmp_path)
+    cut = _short(tiny_model_dir, tmp_path, output_dir=str(tmp_path / "cut"))
+    with pytest.raises(_Interrupt):
+        train.train(cut, run_dir=tmp_path, callbacks=[_kill_after(8)])
+    assert train.last_checkpoint(tmp_path / "cut").endswith("checkpoint-8")
+    resumed = train.train(cut, run_dir=tmp_path, resume=True)
+    assert resumed.steps == whole.steps == 12
+    expected, got = _losses(whole.log_history), _losses(resumed.log_history)
+    for step in range(9, 13):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), f"step {step}"
+
+
+@pytest.mark.slow
+def test_a_new_run_keeps_the_previous_one(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    train.train(_short(tiny_model_dir, tmp_path, max_steps=2, output_dir=str(out)), run_dir=tmp_path)
+    train.train(_short(tiny_model_dir, tmp_path, max_steps=2, output_dir=str(out)), run_dir=tmp_path)
+    kept = list(tmp_path.glob("run.previous-*"))
+    assert len(kept) == 1 and (kept[0] / "final" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_command_line_runs_the_same_training(tiny_model_dir, tmp_path):
+    out = tmp_path / "summary.json"
+    subprocess.run([sys.executable, "-m", "course_lib.train", "--model", str(tiny_model_dir), "--max-steps", "2",
+                    "--max-examples", "16", "--run-dir", str(tmp_path), "--json", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    summary = json.loads(out.read_text())
+    assert summary["steps"] == 2 and summary["method"] == "lora" and summary["trainable_params"] == 7168
+
+
+def test_replay_mixes_the_requested_share():
+    replay = train.replay_examples(n_task=90, share=0.25, seed=0)
+    assert len(replay) == 30  # 30 / (90 + 30) = 25% of the mix
+    assert all(m["messages"][-1]["role"] == "assistant" for m in replay)
+
+
+def test_precision_follows_the_device():
+    assert train.precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}
+    assert train.precision_flags("fp16", "cuda") == {"bf16": False, "fp16": True}
+    with pytest.raises(ValueError, match="precision"):
+        train.precision_flags("fp8", "cpu")
