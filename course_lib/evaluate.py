@@ -89,19 +89,49 @@ class EvalResult:
         return pd.DataFrame(rows)
 
 
-def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
-    """Ask every question of EVAL_SET and score the answers."""
-    items = load_eval_set(eval_set)
-    items = items[:limit] if limit else items
-    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
+def score_answers(name: str, items: list[dict], answers: list[str]) -> EvalResult:
+    """Score ANSWERS to ITEMS (overall, per category, and how many answers differ)."""
     passed = [passes(a, i) for a, i in zip(answers, items)]
     by_category: dict[str, list[bool]] = {}
     for item, ok in zip(items, passed):
         by_category.setdefault(item.get("category", "all"), []).append(ok)
     return EvalResult(
-        name=eval_set, score=round(sum(passed) / len(passed), 3), passed=passed, answers=answers, items=items,
+        name=name, score=round(sum(passed) / len(passed), 3), passed=passed, answers=answers, items=items,
         by_category={c: round(sum(v) / len(v), 3) for c, v in by_category.items()},
         distinct_answer_share=round(distinct_share(answers), 3))
+
+
+def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
+    """Ask every question of EVAL_SET and score the answers."""
+    items = load_eval_set(eval_set)
+    items = items[:limit] if limit else items
+    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
+    return score_answers(eval_set, items, answers)
+
+
+def baseline(model, tokenizer, model_name: str, eval_set: str, run_dir, max_new_tokens: int = 48,
+             limit: int = 0) -> EvalResult:
+    """EVALUATE for the untrained base model, answered once per run directory and then reused.
+
+    The base model never changes, so notebooks 02-05 share its answers instead of spending a
+    minute each regenerating them. The cache is keyed by model, questions and settings.
+    """
+    import hashlib
+
+    from course_lib import paths
+
+    items = load_eval_set(eval_set)
+    items = items[:limit] if limit else items
+    key = hashlib.sha256(json.dumps([model_name, items, max_new_tokens]).encode()).hexdigest()[:16]
+    cache = paths.run_dir(run_dir) / "eval" / f"base-{eval_set}-{key}.json"
+    if cache.exists():
+        answers = json.loads(cache.read_text())["answers"]
+        print(f"Base model's {eval_set} answers reused from {cache.name}.")
+    else:
+        answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"model": model_name, "answers": answers}, indent=1))
+    return score_answers(eval_set, items, answers)
 
 
 def retention(base: EvalResult, tuned: EvalResult) -> float:

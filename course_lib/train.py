@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -321,6 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--json", default=None, help="write the run's summary here")
+    parser.add_argument("--fresh", action="store_true", help="replace OUTPUT_DIR instead of keeping it aside")
+    parser.add_argument("--persona-eval", type=int, default=0, help="score the result on N held-out persona questions")
     return parser
 
 
@@ -330,8 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = vars(_parser().parse_args(argv))
     run_dir, resume, json_out = args.pop("run_dir"), args.pop("resume"), args.pop("json")
+    persona_eval = args.pop("persona_eval")
+    if args.pop("fresh") and args["output_dir"]:
+        shutil.rmtree(args["output_dir"], ignore_errors=True)  # comparison runs are scratch
     result = train(TrainConfig(**args), run_dir=run_dir, resume=resume)
     summary = result.summary()
+    if persona_eval:
+        from course_lib import evaluate
+
+        model, tokenizer = load_trained(result.adapter_dir)
+        summary["persona_score"] = evaluate.evaluate(model, tokenizer, "persona", limit=persona_eval).score
     print(json.dumps(summary, indent=2))
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
@@ -340,3 +351,114 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- comparing methods
+
+
+def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=None, **settings) -> list[dict]:
+    """Train each method on the same data for the same steps, each in a fresh Python process.
+
+    A fresh process per method because peak memory (the process's peak RSS on CPU) only ever
+    grows: measured in one process, every method after the hungriest would inherit its peak.
+    """
+    import subprocess
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    from course_lib import paths
+
+    run_dir = paths.run_dir(run_dir)
+    rows = []
+    for method in tqdm(methods, desc="methods", unit="run"):
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = Path(tmp) / "summary.json"
+            args = {**settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
+            argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+            done = subprocess.run([sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
+                                   "--json", str(summary), "--fresh"], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{method} failed: {done.stderr.strip().splitlines()[-1]}")
+            rows.append(json.loads(summary.read_text()))
+    return rows
+
+
+def comparison_table(rows: list[dict]):
+    """Method, trainable parameters (and %), peak memory, tokens/s, validation loss (a DataFrame)."""
+    import pandas as pd
+
+    table = pd.DataFrame([{
+        "method": r["method"], "trainable params": f"{r['trainable_params']:,}",
+        "trainable %": round(100 * r["trainable_params"] / r["total_params"], 3),
+        "peak memory MB": r["peak_memory_mb"], "tokens/s": r["tokens_per_s"],
+        "val loss": r["val_loss"], **({"persona score": r["persona_score"]} if "persona_score" in r else {}),
+    } for r in rows])
+    return table.set_index("method")
+
+
+def plot_history(result: TrainResult, title: str = ""):
+    """Training loss per step, validation loss per epoch, and the learning-rate schedule."""
+    import matplotlib.pyplot as plt
+
+    history = result.log_history
+    steps = [h["step"] for h in history if "loss" in h]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax_loss.plot(steps, [h["loss"] for h in history if "loss" in h], label="training loss")
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if evals:
+        ax_loss.plot(*zip(*evals), "o-", label="validation loss")
+    ax_loss.set(xlabel="step", ylabel="loss", title=title or f"{result.config['method']} training")
+    ax_loss.legend()
+    ax_lr.plot(steps, [h.get("learning_rate", float("nan")) for h in history if "loss" in h], color="tab:green")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title=f"{result.config['scheduler']} schedule with warmup")
+    fig.tight_layout()
+    return fig
+
+
+def claims_table(rows: list[dict]):
+    """The seeds' claims beside what this machine measured in COMPARE_METHODS' rows."""
+    import pandas as pd
+
+    by = {r["method"]: r for r in rows}
+    claims = []
+
+    def claim(text, measured, holds, note):
+        claims.append({"claim": text, "measured": measured, "verdict": "confirmed" if holds else "not here",
+                       "note": note})
+
+    if {"full", "lora"} <= by.keys():
+        fewer = 1 - by["lora"]["trainable_params"] / by["full"]["trainable_params"]
+        claim("LoRA: 99% fewer trainable parameters", round(fewer, 4), fewer >= 0.99,
+              f"{by['lora']['trainable_params']:,} vs {by['full']['trainable_params']:,}")
+        saved = 1 - by["lora"]["peak_memory_mb"] / by["full"]["peak_memory_mb"]
+        claim("LoRA saves 70% memory", round(saved, 3), saved >= 0.6,
+              "peak memory vs full fine-tuning; on small models activations and the output layer weigh more")
+    if {"lora", "qlora"} <= by.keys():
+        saved = 1 - by["qlora"]["peak_memory_mb"] / by["lora"]["peak_memory_mb"]
+        claim("QLoRA needs less memory than LoRA", round(saved, 3), saved > 0, "4-bit frozen weights")
+        speed = by["qlora"]["tokens_per_s"] / by["lora"]["tokens_per_s"]
+        claim("QLoRA saves memory, not time", round(speed, 3), speed <= 1.1,
+              "QLoRA tokens/s over LoRA tokens/s: dequantizing on the fly costs compute")
+    return pd.DataFrame(claims)
+
+
+def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_rate: float, lora_r: int,
+                     lora_alpha: int, lora_dropout: float, epochs: int, batch_size: int, method: str,
+                     steps: int) -> dict:
+    """The interactive panel's run: a few steps, the loss figure, and before/after answers."""
+    from IPython.display import display
+
+    from course_lib import evaluate
+
+    result = train(run_dir=run_dir, model=model, method=method, learning_rate=learning_rate, lora_r=lora_r,
+                   lora_alpha=lora_alpha, lora_dropout=lora_dropout, epochs=epochs, batch_size=batch_size,
+                   max_examples=batch_size * steps, output_dir=str(Path(run_dir) / "train" / "widget"),
+                   logging_steps=1, save_every="epoch")
+    display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
+    tuned, tokenizer = load_trained(result.adapter_dir)
+    after = evaluate.evaluate(tuned, tokenizer, "persona", limit=limit)
+    print(f"persona score on {limit} questions: {before.score:.2f} before -> {after.score:.2f} after "
+          f"({result.steps} steps, {result.train_seconds:.0f} s)")
+    display(evaluate.side_by_side(before, after, limit))
+    return {"steps": result.steps, "persona_score": after.score, "val_loss": result.val_loss}

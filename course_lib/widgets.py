@@ -51,3 +51,24 @@ def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool 
     if live or run_now:
         refresh()
     return None
+
+
+def training_controls(learning_rate: float, lora_r: int, lora_alpha: int, lora_dropout: float, epochs: int,
+                      batch_size: int, method: str, steps: int) -> dict:
+    """Sliders for a training run, starting at the notebook's parameters."""
+    import ipywidgets as w
+
+    style = {"description_width": "110px"}
+    return {
+        "learning_rate": w.FloatLogSlider(value=learning_rate, base=10, min=-5, max=0, step=0.25,
+                                          description="learning rate", style=style, readout_format=".0e"),
+        "lora_r": w.IntSlider(value=lora_r, min=1, max=64, description="LoRA rank r", style=style),
+        "lora_alpha": w.IntSlider(value=lora_alpha, min=1, max=128, description="LoRA alpha", style=style),
+        "lora_dropout": w.FloatSlider(value=lora_dropout, min=0.0, max=0.5, step=0.05, description="dropout",
+                                      style=style),
+        "epochs": w.IntSlider(value=epochs, min=1, max=5, description="epochs", style=style),
+        "batch_size": w.IntSlider(value=batch_size, min=1, max=16, description="batch size", style=style),
+        "method": w.Dropdown(options=["lora", "qlora", "full", "prompt_tuning"], value=method,
+                             description="method", style=style),
+        "steps": w.IntSlider(value=steps, min=1, max=40, description="steps / epoch", style=style),
+    }

@@ -196,3 +196,22 @@ def test_precision_follows_the_device():
     assert train.precision_flags("fp16", "cuda") == {"bf16": False, "fp16": True}
     with pytest.raises(ValueError, match="precision"):
         train.precision_flags("fp8", "cpu")
+
+
+@pytest.mark.slow
+def test_notebook_02_personalizes_and_measures_every_method(executed):
+    entry = executed("02_lora_qlora")
+    assert entry["status"] == "ok", entry.get("error")
+    figures = entry["figures"]
+    # The small run trains a couple of steps only: it proves the path, not the effect; the
+    # effect (persona 0.0 -> >= 0.8 with retention) is what `make course` records with defaults.
+    assert figures["persona_score_before"] <= 0.1
+    assert 0 <= figures["persona_score_after"] <= 1 and 0 <= figures["distinct_answer_share"] <= 1
+    assert figures["adapter_reload_identical"] is True
+    methods = figures["methods"]
+    assert set(methods) == {"full", "lora", "qlora", "prompt_tuning"}
+    assert methods["lora"]["trainable_params"] == 921_600
+    assert methods["prompt_tuning"]["trainable_params"] < methods["lora"]["trainable_params"] < \
+        methods["full"]["trainable_params"]
+    assert all(m["peak_memory_mb"] > 0 and m["tokens_per_s"] > 0 for m in methods.values())
+    assert methods["qlora"]["peak_memory_mb"] < methods["full"]["peak_memory_mb"]
