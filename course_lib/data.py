@@ -696,6 +696,67 @@ class CleanResult:
                 "removed": [{"source": r.source, "step": r.step, "reason": r.reason} for r in self.removed]}
 
 
+def _empty(kept: list[dict]) -> dict[int, str]:
+    drop = {}
+    for i, record in enumerate(kept):
+        for m in record["messages"]:
+            if m["role"] != "system" and not m["content"].strip():
+                drop[i] = "empty: " + ("no text at all" if not text_of(record).strip() else f"empty {m['role']} message")
+                break
+    return drop
+
+
+def _filtered(kept: list[dict], filters) -> dict[int, str]:
+    drop = {}
+    for i, record in enumerate(kept):
+        for pattern, why, *role in filters or []:
+            if any(re.search(pattern, m["content"]) for m in record["messages"] if not role or m["role"] == role[0]):
+                drop[i] = f"matches filter {pattern!r}: {why}"
+                break
+    return drop
+
+
+def _length_outliers(lengths: list[int], zscore: float) -> dict[int, str]:
+    mean = sum(lengths) / len(lengths)
+    std = math.sqrt(sum((n - mean) ** 2 for n in lengths) / len(lengths))
+    return {i: f"length outlier: {n} tokens, z = {(n - mean) / std:+.1f} (mean {mean:.0f}, std {std:.0f})"
+            for i, n in enumerate(lengths) if std and abs(n - mean) / std > zscore}
+
+
+def _exact_duplicates(kept: list[dict]) -> dict[int, str]:
+    seen, drop = {}, {}
+    for i, record in enumerate(kept):
+        key = fingerprint(record)
+        if key in seen:
+            drop[i] = f"exact duplicate of {seen[key]}"
+        else:
+            seen[key] = record["source"]
+    return drop
+
+
+def _in_holdout(kept: list[dict], holdout: list[dict], threshold: float) -> dict[int, str]:
+    held = [(h["source"], shingles(_user_text(h))) for h in holdout]
+    drop = {}
+    for i, record in enumerate(kept):
+        mine = shingles(_user_text(record))
+        where = next((w for w, theirs in held if jaccard(mine, theirs) >= threshold), None)
+        if where:
+            drop[i] = f"its question is in the held-out set ({where})"
+    return drop
+
+
+def _mask_pii(kept: list[dict]) -> tuple[list[dict], list[str], Counter]:
+    found = Counter()
+
+    def masked(text):
+        text, seen = count_pii(text)
+        found.update(seen)
+        return text
+
+    kept, changed = map_contents(kept, masked)
+    return kept, changed, found
+
+
 def clean(records: list[dict], tokenizer=None, max_tokens: int | None = 512, near_dup_threshold: float | None = 0.8,
           zscore: float | None = 3.0, filters=DEFAULT_FILTERS, holdout: list[dict] | None = None) -> CleanResult:
     """Run every cleaning step in order; each step says what it changed or set aside, and why.
@@ -706,91 +767,47 @@ def clean(records: list[dict], tokenizer=None, max_tokens: int | None = 512, nea
     questions (HOLDOUT). ``None`` switches a step off. The input list is not modified.
     """
     report, removed, changed, counts = [], [], {}, Counter()
-    kept = list(records)
+    kept, lengths = list(records), []
 
     def row(step, n_changed, n_removed, why):
         report.append({"step": step, "changed": n_changed, "removed": n_removed, "why": why})
 
     def set_aside(step, drop: dict[int, str], why: str):
-        nonlocal kept
+        nonlocal kept, lengths
         removed.extend(Removed(kept[i], step, reason) for i, reason in sorted(drop.items()))
         kept = [r for i, r in enumerate(kept) if i not in drop]
+        lengths = [n for i, n in enumerate(lengths) if i not in drop]  # stays aligned with `kept`
         counts[step] = len(drop)
         row(step, 0, len(drop), why)
 
     for step, fn, why in TEXT_STEPS:
         kept, changed[step] = map_contents(kept, fn)
         row(step, len(changed[step]), 0, why)
-
-    drop = {}
-    for i, record in enumerate(kept):
-        for m in record["messages"]:
-            if m["role"] != "system" and not m["content"].strip():
-                drop[i] = "empty: " + ("no text at all" if not text_of(record).strip() else f"empty {m['role']} message")
-                break
-    set_aside("empty", drop, "a question or answer with no text teaches nothing")
-
-    drop = {}
-    for i, record in enumerate(kept):
-        for pattern, why, *role in filters or []:
-            if any(re.search(pattern, m["content"]) for m in record["messages"] if not role or m["role"] == role[0]):
-                drop[i] = f"matches filter {pattern!r}: {why}"
-                break
-    set_aside("regex_filter", drop, "patterns you do not want the model to learn (placeholders, boilerplate)")
-
-    pii = Counter()
-
-    def masked(text):
-        text, found = count_pii(text)
-        pii.update(found)
-        return text
-
-    kept, changed["pii"] = map_contents(kept, masked)
+    set_aside("empty", _empty(kept), "a question or answer with no text teaches nothing")
+    set_aside("regex_filter", _filtered(kept, filters),
+              "patterns you do not want the model to learn (placeholders, boilerplate)")
+    kept, changed["pii"], pii = _mask_pii(kept)
     counts.update(emails_masked=pii["email"], phones_masked=pii["phone"], pii_masked=sum(pii.values()))
     row("pii", len(changed["pii"]), 0, f"{pii['email']} e-mail addresses -> [EMAIL], {pii['phone']} phone numbers -> [PHONE]")
 
     lengths = token_lengths(kept, tokenizer) if tokenizer is not None else []
     if tokenizer is not None and zscore is not None and len(lengths) > 2:
-        mean = sum(lengths) / len(lengths)
-        std = math.sqrt(sum((n - mean) ** 2 for n in lengths) / len(lengths))
-        drop = {i: f"length outlier: {n} tokens, z = {(n - mean) / std:+.1f} (mean {mean:.0f}, std {std:.0f})"
-                for i, n in enumerate(lengths) if std and abs(n - mean) / std > zscore}
-        lengths = [n for i, n in enumerate(lengths) if i not in drop]
-        set_aside("zscore", drop, f"|z-score of the length| > {zscore}: far from the rest (look before you trust it)")
+        set_aside("zscore", _length_outliers(lengths, zscore),
+                  f"|z-score of the length| > {zscore}: far from the rest (look before you trust it)")
     if tokenizer is not None and max_tokens is not None:
-        drop = {i: f"too long: {n} tokens > max {max_tokens}" for i, n in enumerate(lengths) if n > max_tokens}
-        lengths = [n for i, n in enumerate(lengths) if i not in drop]
-        set_aside("too_long", drop, f"over {max_tokens} tokens: truncating would cut the answer off")
-
-    seen, drop = {}, {}
-    for i, record in enumerate(kept):
-        key = fingerprint(record)
-        if key in seen:
-            drop[i] = f"exact duplicate of {seen[key]}"
-        else:
-            seen[key] = record["source"]
-    lengths = [n for i, n in enumerate(lengths) if i not in drop]
-    set_aside("exact_dedup", drop, "the same example twice counts double in the loss (hash of the messages)")
-
+        set_aside("too_long", {i: f"too long: {n} tokens > max {max_tokens}" for i, n in enumerate(lengths)
+                               if n > max_tokens}, f"over {max_tokens} tokens: truncating would cut the answer off")
+    set_aside("exact_dedup", _exact_duplicates(kept),
+              "the same example twice counts double in the loss (hash of the messages)")
     near_pairs = []
     if near_dup_threshold is not None:
         pairs = near_duplicates(kept, near_dup_threshold)
         near_pairs = [(kept[i]["source"], kept[j]["source"], round(s, 3)) for i, j, s in pairs]
-        drop = {j: f"near duplicate of {kept[i]['source']} (Jaccard {s:.2f})" for i, j, s in pairs}
-        lengths = [n for i, n in enumerate(lengths) if i not in drop]
-        set_aside("near_dedup", drop, f"almost the same text (character 5-gram Jaccard >= {near_dup_threshold})")
-
+        set_aside("near_dedup", {j: f"near duplicate of {kept[i]['source']} (Jaccard {s:.2f})" for i, j, s in pairs},
+                  f"almost the same text (character 5-gram Jaccard >= {near_dup_threshold})")
     if holdout:
-        held = [(h["source"], shingles(_user_text(h))) for h in holdout]
-        drop = {}
-        for i, record in enumerate(kept):
-            mine = shingles(_user_text(record))
-            for where, theirs in held:
-                if jaccard(mine, theirs) >= (near_dup_threshold or 0.8):
-                    drop[i] = f"its question is in the held-out set ({where})"
-                    break
-        lengths = [n for i, n in enumerate(lengths) if i not in drop]
-        set_aside("holdout_overlap", drop, "an evaluation question seen in training makes the score a lie")
+        set_aside("holdout_overlap", _in_holdout(kept, holdout, near_dup_threshold or 0.8),
+                  "an evaluation question seen in training makes the score a lie")
 
     counts.update(records_in=len(records), records_out=len(kept), removed=len(removed),
                   exact_duplicates=counts.get("exact_dedup", 0), near_duplicates=counts.get("near_dedup", 0))
