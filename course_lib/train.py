@@ -104,8 +104,9 @@ class TrainConfig:
     pack: bool = False  # True: pre-pack into rows of max_length; batch_size then counts rows
     replay_share: float = 0.0  # share of general instruction data mixed in against forgetting
     max_examples: int = 0  # 0 = all training examples
+    max_val_examples: int = 0  # 0 = the whole validation split
     seed: int = 0
-    save_every: str = "epoch"  # "epoch", or a number of steps
+    save_every: str = "epoch"  # "epoch", a number of steps, or "no" (scratch runs)
     logging_steps: int = 5
     tensorboard: bool = False
     output_dir: str = ""  # default: RUN_DIR/train/<method>
@@ -178,6 +179,8 @@ def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
     train_set, val_set = split["train"], split["validation"]
     if cfg.max_examples:
         train_set = train_set.shuffle(seed=cfg.seed).select(range(min(cfg.max_examples, len(train_set))))
+    if cfg.max_val_examples:
+        val_set = val_set.select(range(min(cfg.max_val_examples, len(val_set))))
     if cfg.replay_share > 0:
         train_set = concatenate_datasets([train_set, replay_examples(len(train_set), cfg.replay_share, cfg.seed)])
     train_tok = batches.tokenize(train_set.select_columns(["messages"]), tokenizer, cfg.max_length)
@@ -219,7 +222,7 @@ def last_checkpoint(output_dir: Path) -> str | None:
 def training_arguments(cfg: TrainConfig, out: Path, device: str):
     from transformers import TrainingArguments
 
-    by_steps = cfg.save_every != "epoch"
+    by_steps = cfg.save_every not in ("epoch", "no")
     return TrainingArguments(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -228,7 +231,7 @@ def training_arguments(cfg: TrainConfig, out: Path, device: str):
         max_grad_norm=cfg.max_grad_norm, **precision_flags(cfg.precision, device),
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="epoch" if cfg.max_steps <= 0 else "no",
-        save_strategy="steps" if by_steps else "epoch", save_steps=int(cfg.save_every) if by_steps else 500,
+        save_strategy="steps" if by_steps else cfg.save_every, save_steps=int(cfg.save_every) if by_steps else 500,
         save_total_limit=2, report_to=["tensorboard"] if cfg.tensorboard else [],
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # padding-free batches: every token is a real one
@@ -267,7 +270,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     if resume:
         print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
     output = trainer.train(resume_from_checkpoint=checkpoint)
-    val_loss = trainer.evaluate()["eval_loss"]
+    val_loss = final_eval_loss(trainer)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - baseline_mb
     trainable, total = trainable_parameters(model)
     adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
@@ -277,6 +280,14 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
         trainable_params=trainable, total_params=total, steps=trainer.state.global_step,
         train_seconds=round(seconds, 1), tokens_per_s=round(trainer.state.num_input_tokens_seen / seconds, 1),
         peak_memory_mb=round(peak, 1), val_loss=round(val_loss, 4), train_examples=n_examples)
+
+
+def final_eval_loss(trainer) -> float:
+    """Validation loss at the last step: reused if the end-of-epoch evaluation just ran, else computed."""
+    last = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if last and last[-1]["step"] == trainer.state.global_step:
+        return last[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def save_trained(trainer, tokenizer, cfg: TrainConfig, folder: Path) -> Path:
@@ -374,7 +385,7 @@ def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=
     for method in tqdm(methods, desc="methods", unit="run"):
         with tempfile.TemporaryDirectory() as tmp:
             summary = Path(tmp) / "summary.json"
-            args = {**settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
+            args = {"save_every": "no", **settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
             argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
             done = subprocess.run([sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
                                    "--json", str(summary), "--fresh"], capture_output=True, text=True)
