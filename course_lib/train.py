@@ -205,12 +205,19 @@ def replay_examples(n_task: int, share: float, seed: int):
 def _prepare_output(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
     """The run's folder; an earlier run's folder is kept aside (renamed), never overwritten."""
     out = Path(cfg.output_dir) if cfg.output_dir else run_dir / "train" / cfg.method
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and any(out.iterdir()) and not resume and _rank() == 0:
         kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(kept)
         print(f"An earlier run was in {out}; kept it as {kept.name}.")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 when running alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
@@ -262,8 +269,10 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
         cfg.model, cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules, num_virtual_tokens=cfg.num_virtual_tokens,
         gradient_checkpointing=cfg.gradient_checkpointing)
-    train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
-    trainer = Trainer(model=model, args=training_arguments(cfg, out, device), train_dataset=train_tok,
+    args = training_arguments(cfg, out, device)
+    with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
+        train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
+    trainer = Trainer(model=model, args=args, train_dataset=train_tok,
                       eval_dataset=val_tok, data_collator=batches.collator(tokenizer),
                       processing_class=tokenizer, callbacks=list(callbacks))
     checkpoint = last_checkpoint(out) if resume else None
@@ -292,9 +301,11 @@ def final_eval_loss(trainer) -> float:
 
 def save_trained(trainer, tokenizer, cfg: TrainConfig, folder: Path) -> Path:
     """Adapter (or full model) + tokenizer + the run's config, so it reloads by itself."""
-    trainer.save_model(str(folder))
-    tokenizer.save_pretrained(folder)
-    (folder / "course_train.json").write_text(json.dumps(asdict(cfg), indent=2))
+    trainer.save_model(str(folder))  # writes on the main process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(folder)
+        config = {**asdict(cfg), "world_size": trainer.args.world_size}
+        (folder / "course_train.json").write_text(json.dumps(config, indent=2))
     return folder
 
 
@@ -348,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pop("fresh") and args["output_dir"]:
         shutil.rmtree(args["output_dir"], ignore_errors=True)  # comparison runs are scratch
     result = train(TrainConfig(**args), run_dir=run_dir, resume=resume)
+    if _rank() != 0:
+        return 0  # under torchrun, rank 0 reports for everyone
     summary = result.summary()
     if persona_eval:
         from course_lib import evaluate

@@ -215,3 +215,19 @@ def test_notebook_02_personalizes_and_measures_every_method(executed):
         methods["full"]["trainable_params"]
     assert all(m["peak_memory_mb"] > 0 and m["tokens_per_s"] > 0 for m in methods.values())
     assert methods["qlora"]["peak_memory_mb"] < methods["full"]["peak_memory_mb"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_with_gloo_and_save_one_adapter(tiny_model_dir, tmp_path):
+    """The CLI runs unchanged under torchrun: DDP on CPU (gloo), one adapter written by rank 0."""
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         "-m", "course_lib.train", "--model", str(tiny_model_dir), "--max-steps", "3", "--batch-size", "2",
+         "--max-examples", "16", "--run-dir", str(tmp_path), "--output-dir", str(out), "--json", str(tmp_path / "s.json")],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((out / "final" / "course_train.json").read_text())
+    assert saved["world_size"] == 2
+    assert len(list(out.glob("final/adapter_model.safetensors"))) == 1
+    assert json.loads((tmp_path / "s.json").read_text())["steps"] == 3
