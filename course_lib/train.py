@@ -114,6 +114,7 @@ class TrainConfig:
     max_val_examples: int = 0  # 0 = the whole validation split
     seed: int = 0
     save_every: str = "epoch"  # "epoch", a number of steps, or "no" (scratch runs)
+    eval_every: int = 0  # > 0: validation loss every N steps (monitoring, early stopping)
     logging_steps: int = 5
     tensorboard: bool = False
     output_dir: str = ""  # default: RUN_DIR/train/<method>
@@ -244,7 +245,9 @@ def training_arguments(cfg: TrainConfig, out: Path, device: str):
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup, lr_scheduler_type=cfg.scheduler,
         max_grad_norm=cfg.max_grad_norm, **precision_flags(cfg.precision, device),
         logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="epoch" if cfg.max_steps <= 0 else "no",
+        eval_strategy="steps" if cfg.eval_every else "epoch" if cfg.max_steps <= 0 else "no",
+        eval_steps=cfg.eval_every or None,
+        logging_nan_inf_filter=False,  # show a NaN loss as NaN (the default hides it behind an average)
         save_strategy="steps" if by_steps else cfg.save_every, save_steps=int(cfg.save_every) if by_steps else 500,
         save_total_limit=2, report_to=["tensorboard"] if cfg.tensorboard else [],
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, dataloader_num_workers=0,
@@ -286,7 +289,9 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     if resume:
         print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
     output = trainer.train(resume_from_checkpoint=checkpoint)
-    val_loss = final_eval_loss(trainer)
+    # A callback (early stopping) may have restored earlier weights: then the last logged
+    # validation loss describes other weights, so measure again.
+    val_loss = final_eval_loss(trainer) if not callbacks else trainer.evaluate()["eval_loss"]
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - baseline_mb
     trainable, total = trainable_parameters(model)
     adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
