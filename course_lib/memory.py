@@ -426,13 +426,13 @@ def available_memory_mb(device: str = "auto") -> float:
 # --------------------------------------------------------------------------- measuring
 
 
-def _rss_now() -> int:
+def rss_now() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Reset Linux's high-water mark of resident memory (VmHWM), so the peak starts from now."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -442,7 +442,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _peak_rss() -> tuple[int, str]:
+def peak_rss() -> tuple[int, str]:
     """The process's peak resident memory in bytes and where it came from."""
     try:
         with open("/proc/self/status") as handle:
@@ -490,8 +490,8 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
     device = models.pick_device(device)
     models.model_location(model)  # builds the offline default's cache first, if needed
     gc.collect()
-    baseline = _rss_now()
-    reset = _reset_peak()
+    baseline = rss_now()
+    reset = reset_peak()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -504,7 +504,7 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
     def peak_mb() -> float:
         if device == "cuda":
             return torch.cuda.max_memory_allocated() / MB
-        return (_peak_rss()[0] - baseline) / MB
+        return (peak_rss()[0] - baseline) / MB
 
     load_peak = peak_mb()
     net.train()
@@ -531,7 +531,7 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
         "gradient_checkpointing": gradient_checkpointing, "device": device,
         "baseline_mb": round(baseline / MB, 1), "load_peak_mb": round(load_peak, 1),
         "peak_mb": round(peak_mb(), 1), "step_peaks_mb": step_peaks,
-        "source": "torch.cuda.max_memory_allocated" if device == "cuda" else _peak_rss()[1] + ("" if reset else " (not reset)"),
+        "source": "torch.cuda.max_memory_allocated" if device == "cuda" else peak_rss()[1] + ("" if reset else " (not reset)"),
         "trainable": trainable, "parameters": total, "losses": losses,
         "load_seconds": round(load_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
     }

@@ -165,18 +165,6 @@ def precision_flags(precision: str, device: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _current_rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
     """The cleaned split from notebook 01 (built on the spot if missing), tokenized for training."""
     from datasets import concatenate_datasets
@@ -265,14 +253,17 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     import torch
     from transformers import Trainer, set_seed
 
-    from course_lib import batches, models, paths
+    from course_lib import batches, memory, models, paths
 
     cfg = TrainConfig(**{**asdict(cfg or TrainConfig()), **overrides})
     run_dir = paths.run_dir(run_dir)
     out = _prepare_output(cfg, run_dir, resume)
     set_seed(cfg.seed)
     device = models.pick_device()
-    baseline_mb = _current_rss_mb()
+    # Peak memory of this run: the process's high-water mark is reset first, since a process
+    # started from a big Jupyter kernel inherits the kernel's peak (ru_maxrss survives fork+exec).
+    memory.reset_peak()
+    baseline = memory.rss_now()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = prepare_model(
@@ -292,7 +283,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     # A callback (early stopping) may have restored earlier weights: then the last logged
     # validation loss describes other weights, so measure again.
     val_loss = final_eval_loss(trainer) if not callbacks else trainer.evaluate()["eval_loss"]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb() - baseline_mb
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else memory.peak_rss()[0] - baseline) / 2**20
     trainable, total = trainable_parameters(model)
     adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
     seconds = output.metrics["train_runtime"]

@@ -231,3 +231,15 @@ def test_two_processes_train_with_gloo_and_save_one_adapter(tiny_model_dir, tmp_
     assert saved["world_size"] == 2
     assert len(list(out.glob("final/adapter_model.safetensors"))) == 1
     assert json.loads((tmp_path / "s.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
+def test_peak_memory_is_not_inherited_from_a_big_parent(tiny_model_dir, tmp_path):
+    """A comparison run started from a big kernel must report its own peak, not the kernel's."""
+    import numpy as np
+
+    ballast = np.ones(1_000_000_000, dtype=np.uint8)  # 1 GB resident in this (parent) process
+    rows = train.compare_methods(("lora",), run_dir=tmp_path, model=str(tiny_model_dir), max_steps=1,
+                                 batch_size=2, max_examples=4, max_val_examples=2)
+    assert int(ballast[-1]) == 1
+    assert 0 < rows[0]["peak_memory_mb"] < 800
