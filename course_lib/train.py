@@ -135,10 +135,6 @@ class TrainResult:
     val_loss: float = float("nan")
     train_examples: int = 0
 
-    @property
-    def trainable_share(self) -> float:
-        return self.trainable_params / self.total_params if self.total_params else 0.0
-
     def summary(self) -> dict:
         keep = ("trainable_params", "total_params", "steps", "train_seconds", "tokens_per_s",
                 "peak_memory_mb", "val_loss", "train_examples")
