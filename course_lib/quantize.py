@@ -395,15 +395,17 @@ class OnnxRunner:
         return self._run(ids, self._empty())[0]
 
     def greedy(self, ids, max_new_tokens, stop_ids=()):
+        return list(self.stream(ids, max_new_tokens, stop_ids))
+
+    def stream(self, ids, max_new_tokens, stop_ids=()):
+        """Greedy tokens one at a time (the server streams them as they come)."""
         logits, past = self._run(ids, self._empty())
-        new = []
-        for _ in range(max_new_tokens):
+        for produced in range(1, max_new_tokens + 1):
             token = int(logits[-1].argmax())
-            new.append(token)
-            if token in stop_ids or len(new) == max_new_tokens:
-                break
+            yield token
+            if token in stop_ids or produced == max_new_tokens:
+                return
             logits, past = self._run([token], past)
-        return new
 
     def answers(self, tokenizer, data: EvalData) -> list[str]:
         return [tokenizer.decode(self.greedy(p, data.max_new_tokens, data.stop_ids), skip_special_tokens=True).strip()
@@ -449,14 +451,18 @@ class LlamaCppRunner:
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
     def greedy(self, ids, max_new_tokens, stop_ids=()):
+        return list(self.stream(ids, max_new_tokens, stop_ids))
+
+    def stream(self, ids, max_new_tokens, stop_ids=()):
+        """Greedy tokens one at a time (the server streams them as they come)."""
         self.llm.reset()
-        new = []
+        produced = 0
         for token in self.llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                                        reset=True):
-            new.append(int(token))
-            if token in stop_ids or len(new) >= max_new_tokens:
-                break
-        return new
+            produced += 1
+            yield int(token)
+            if token in stop_ids or produced >= max_new_tokens:
+                return
 
     def answers(self, tokenizer, data: EvalData) -> list[str]:
         return [tokenizer.decode(self.greedy(p, data.max_new_tokens, data.stop_ids), skip_special_tokens=True).strip()

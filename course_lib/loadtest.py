@@ -1,0 +1,98 @@
+"""Many clients at once against a running server: who got an answer, how long it took, how fast.
+
+Plain threads with one ``httpx.Client`` each rather than asyncio: it works the same in a script and
+inside Jupyter (whose own event loop forbids ``asyncio.run``), and 32 threads that mostly wait on
+sockets cost nothing next to the model.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reply:
+    question: str
+    status: int
+    text: str = ""
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    replies: list[Reply] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def answered(self) -> list[Reply]:
+        return [r for r in self.replies if r.status == 200]
+
+    def percentile_ms(self, q: float) -> float:
+        """The Q-th percentile of the answered requests' latency (nearest rank, in ms)."""
+        times = sorted(r.seconds for r in self.answered)
+        if not times:
+            return float("nan")
+        rank = max(0, min(len(times) - 1, round(q / 100 * len(times) + 0.5) - 1))
+        return round(times[rank] * 1000, 1)
+
+    def summary(self) -> dict:
+        tokens = sum(r.completion_tokens for r in self.answered)
+        return {"clients": self.clients, "requests_sent": len(self.replies), "requests_answered": len(self.answered),
+                "latency_p50_ms": self.percentile_ms(50), "latency_p95_ms": self.percentile_ms(95),
+                "tokens_per_s": round(tokens / self.wall_seconds, 1) if self.wall_seconds else 0.0,
+                "wall_seconds": round(self.wall_seconds, 2)}
+
+
+def ask(client, url: str, question: str, max_new_tokens: int) -> Reply:
+    """One ``POST /generate`` (greedy), timed from the client's side."""
+    started = time.perf_counter()
+    try:
+        response = client.post(f"{url}/generate", json={"prompt": question, "max_new_tokens": max_new_tokens})
+    except Exception as error:  # a refused or dropped connection is a lost request, and counted as one
+        return Reply(question, 0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+    seconds = time.perf_counter() - started
+    if response.status_code != 200:
+        return Reply(question, response.status_code, seconds=seconds, error=response.text[:200])
+    body = response.json()
+    return Reply(question, 200, body["text"], body["completion_tokens"], seconds)
+
+
+def run(url: str, questions: list[str], clients: int = 32, max_new_tokens: int = 48,
+        timeout_s: float = 600) -> LoadResult:
+    """Send every question once, CLIENTS at a time (each client sends its share back to back)."""
+    import httpx
+
+    def client_loop(share: list[str]) -> list[Reply]:
+        with httpx.Client(timeout=timeout_s) as client:
+            return [ask(client, url, q, max_new_tokens) for q in share]
+
+    shares = [questions[i::clients] for i in range(clients)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        replies = [r for batch in pool.map(client_loop, shares) for r in batch]
+    result = LoadResult(clients, replies, time.perf_counter() - started)
+    by_question = {q: i for i, q in enumerate(questions)}
+    result.replies.sort(key=lambda r: by_question.get(r.question, 0))  # back in the order asked
+    return result
+
+
+def latency_histogram(result: LoadResult, title: str = ""):
+    """Latency of every answered request, with p50 and p95 marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.hist([r.seconds * 1000 for r in result.answered], bins=20, color="#4c9a2a")
+    for q, style in ((50, "--"), (95, ":")):
+        value = result.percentile_ms(q)
+        ax.axvline(value, color="black", linestyle=style, label=f"p{q} {value:.0f} ms")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("requests")
+    ax.set_title(title or f"{len(result.answered)} answers, {result.clients} concurrent clients")
+    ax.legend()
+    fig.tight_layout()
+    return fig
