@@ -159,7 +159,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
         return {"id": name, "runtime": engine.runtime, **engine.info, "limits": asdict(config),
                 "sampling": "greedy only" if engine.runtime != "PyTorch" else "greedy or sampled",
                 "batches_served": len(batcher.batches), "mean_batch": _mean(batcher.batches),
-                "safety": getattr(safety, "describe", lambda: "on")() if safety else "off"}
+                "safety": "on" if safety else "off"}
 
     @app.get("/v1/models")
     def list_models():
@@ -168,7 +168,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
 
     @app.post("/generate")
     async def generate(body: GenerateBody):
-        request, refusal = _admit(engine, safety, config, body.chat(), body.max_new_tokens, body)
+        request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
         result = refusal or await _answer(batcher, request, config.timeout_s)
         result = refusal or _checked(safety, result)
         return {"text": result.text, "finish_reason": result.finish_reason, "model": name,
@@ -178,7 +178,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     async def generate_stream(body: GenerateBody):
         from sse_starlette.sse import EventSourceResponse
 
-        request, refusal = _admit(engine, safety, config, body.chat(), body.max_new_tokens, body)
+        request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
         return EventSourceResponse(_plain_events(batcher, safety, request, refusal, config), ping=600)
 
     @app.post("/v1/chat/completions")
@@ -203,6 +203,11 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
                           "total_tokens": prompt_tokens + result.completion_tokens}}
 
     return app
+
+
+def _wanted(body: GenerateBody, config: ServeConfig) -> int:
+    """The request's max_new_tokens; when it gives none, the default, lowered to the server's cap."""
+    return body.max_new_tokens if "max_new_tokens" in body.model_fields_set else min(64, config.max_new_tokens)
 
 
 def _mean(values) -> float:
