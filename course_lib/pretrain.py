@@ -176,6 +176,31 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def plan_steps(model, train_blocks, batch_size: int, seconds: float, most: int, trial_steps: int = 3) -> int:
+    """How many steps fit in SECONDS on this machine, now: time a few steps on a throwaway copy.
+
+    Planning the number of steps up front (instead of stopping when time runs out) lets the
+    learning-rate schedule run its full course, warmup to final decay, on a fast or a slow machine.
+    """
+    import copy
+
+    import torch
+
+    trial = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-4)
+    times = []
+    for _ in range(trial_steps):
+        began = time.perf_counter()
+        batch = train_blocks[:batch_size]
+        trial(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    step_seconds = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]  # the first pays one-time costs
+    del trial, optimizer
+    return max(1, min(most, int(seconds / step_seconds)))
+
+
 def pretrain(model, tokenizer, train_blocks, val_blocks, steps: int = 300, batch_size: int = 16,
              lr: float = 3e-3, warmup: int = 20, eval_every: int = 50, prompts=(), seed: int = 0,
              max_seconds: float | None = None, on_eval=None) -> PretrainResult:
@@ -328,14 +353,15 @@ def save(model, tokenizer, folder) -> Path:
 DEFAULT_PRETRAINING_TOKENS = 2_000_000_000_000
 
 
-def compare(ours, our_tokenizer, reference, reference_tokenizer, text: str, question: str,
-            our_tokens: int, seq_len: int = 128) -> list[dict]:
-    """Our model against the default model on the same held-out TEXT and the same QUESTION."""
+def compare(entries, text: str, question: str, seq_len: int = 128) -> list[dict]:
+    """Models side by side on the same held-out TEXT and the same QUESTION.
+
+    ENTRIES: (name, model, tokenizer, pretraining tokens) for each model.
+    """
     from course_lib.models import count_parameters
 
     rows = []
-    for name, model, tok, tokens in (("ours (from scratch)", ours, our_tokenizer, our_tokens),
-                                     ("smollm2-135m", reference, reference_tokenizer, DEFAULT_PRETRAINING_TOKENS)):
+    for name, model, tok, tokens in entries:
         token_blocks = blocks(tok, text, seq_len)
         rows.append({"model": name, "parameters": count_parameters(model), "pretraining tokens": tokens,
                      "held-out ppl (own tokenizer)": round(perplexity(model, token_blocks, 8), 1),
