@@ -75,7 +75,7 @@ def test_pretraining_cuts_held_out_perplexity(trained, tokenizer):
     model, result = trained
     ppl = [row["val_ppl"] for row in result.history]
     assert [row["step"] for row in result.history] == [0, 30, 60]
-    assert ppl[0] > 300 and ppl[-1] < ppl[0] / 4  # a random model starts near the vocabulary size (512)
+    assert ppl[0] > 300 and ppl[-1] < ppl[1] < ppl[0] / 2  # a random model starts near the vocabulary size (512)
     assert set(result.samples) == {0, 30, 60} and result.tokens_per_second > 0
 
 
