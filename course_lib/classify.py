@@ -187,15 +187,16 @@ def weighted_loss(weights):
 def train(model, tokenizer, records: list[dict], out_dir, epochs: float = 3, batch_size: int = 8,
           learning_rate: float = 1e-3, weights=None, max_length: int = 96, seed: int = 0):
     """The Trainer from notebook 02 with one change: the loss may weight the classes."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
     args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                              learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-                             logging_steps=5, save_strategy="no", report_to=[], seed=seed, use_cpu=True,
+                             logging_steps=1, save_strategy="no", report_to=[], seed=seed, use_cpu=True,
                              disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=_dataset(records, tokenizer, max_length),
                       data_collator=DataCollatorWithPadding(tokenizer),
                       compute_loss_func=weighted_loss(weights) if weights else None)
+    trainer.remove_callback(PrinterCallback)  # the notebook prints a summary, not one line per step
     trainer.train()
     return [row["loss"] for row in trainer.state.log_history if "loss" in row]
 
