@@ -176,11 +176,13 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def plan_steps(model, train_blocks, batch_size: int, seconds: float, most: int, trial_steps: int = 3) -> int:
+def plan_steps(model, train_blocks, batch_size: int, seconds: float, most: int, least: int = 1,
+               trial_steps: int = 3) -> int:
     """How many steps fit in SECONDS on this machine, now: time a few steps on a throwaway copy.
 
     Planning the number of steps up front (instead of stopping when time runs out) lets the
     learning-rate schedule run its full course, warmup to final decay, on a fast or a slow machine.
+    At least LEAST steps, at most MOST.
     """
     import copy
 
@@ -198,7 +200,7 @@ def plan_steps(model, train_blocks, batch_size: int, seconds: float, most: int, 
         times.append(time.perf_counter() - began)
     step_seconds = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]  # the first pays one-time costs
     del trial, optimizer
-    return max(1, min(most, int(seconds / step_seconds)))
+    return max(least, min(most, int(seconds / step_seconds)))
 
 
 def pretrain(model, tokenizer, train_blocks, val_blocks, steps: int = 300, batch_size: int = 16,
