@@ -125,3 +125,12 @@ def test_notebook_pretrains_and_instruction_tunes(executed):
     assert f["sft_loss_after"] < f["sft_loss_before"]
     assert 1e6 < f["default_parameters"] and f["parameters"] < f["default_parameters"] / 10
     assert f["default_bits_per_byte"] < f["our_bits_per_byte"]  # what 2T tokens buy
+
+
+def test_plan_steps_stays_within_its_bounds_and_leaves_the_model_untouched(tokenizer):
+    model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    blocks = pretrain.blocks(tokenizer, "Return the number of items in the container.\n" * 40, 16)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert pretrain.plan_steps(model, blocks, 4, seconds=1e-9, most=10, least=3) == 3
+    assert pretrain.plan_steps(model, blocks, 4, seconds=1e9, most=10, least=3) == 10
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # timed on a copy
