@@ -187,7 +187,12 @@ def weighted_loss(weights):
 def train(model, tokenizer, records: list[dict], out_dir, epochs: float = 3, batch_size: int = 8,
           learning_rate: float = 1e-3, weights=None, max_length: int = 96, seed: int = 0):
     """The Trainer from notebook 02 with one change: the loss may weight the classes."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+    from transformers import (
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                              learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0,

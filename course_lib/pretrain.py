@@ -220,8 +220,8 @@ def pretrain(model, tokenizer, train_blocks, val_blocks, steps: int = 300, batch
     def checkpoint(step: int) -> None:
         nonlocal eval_seconds
         began = time.perf_counter()
-        row = dict(step=step, tokens=seen, seconds=round(time.perf_counter() - started, 1), loss=loss,
-                   val_ppl=perplexity(model, val_blocks))
+        row = {"step": step, "tokens": seen, "seconds": round(time.perf_counter() - started, 1), "loss": loss,
+               "val_ppl": perplexity(model, val_blocks)}
         result.history.append(row)
         if prompts:
             result.samples[step] = sample(model, tokenizer, list(prompts), seed=seed)

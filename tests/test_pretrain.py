@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     lrs = [pretrain.lr_at(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,8 @@ def trained(corpus, tokenizer):
 
 
 @pytest.mark.slow
-def test_pretraining_cuts_held_out_perplexity(trained, tokenizer):
-    model, result = trained
+def test_pretraining_cuts_held_out_perplexity(trained):
+    _, result = trained
     ppl = [row["val_ppl"] for row in result.history]
     assert [row["step"] for row in result.history] == [0, 30, 60]
     assert ppl[0] > 300 and ppl[-1] < ppl[1] < ppl[0] / 2  # a random model starts near the vocabulary size (512)
