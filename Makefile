@@ -1,5 +1,5 @@
 # Two commands a learner needs (see README): `make course` and `make test`.
-# Both create .venv/ on first use and reinstall only when pyproject.toml changes.
+# Both create .venv/ on first use and reinstall only when pyproject.toml or requirements/lock.txt changes.
 
 PYTHON ?= python3
 VENV   := .venv
