@@ -63,5 +63,6 @@ lock:
 
 # Maintainers: the unit tests and the notebooks' small runs on the newest releases of the course's
 # libraries, in a separate .venv-latest/ (torch stays the lock's CPU build); prints a drift table.
+# (CHECK_LATEST_ARGS="--skip-notebooks" for the unit tests only; see maintain/check_latest.py --help.)
 check-latest:
-	$(PYTHON) maintain/check_latest.py
+	$(PYTHON) maintain/check_latest.py $(CHECK_LATEST_ARGS)
