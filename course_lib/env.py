@@ -22,6 +22,10 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from course_lib import versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
+
 VERDICTS = ("ok", "warning", "problem")
 GB = 1024**3
 
@@ -184,7 +188,7 @@ def matmul_speed(size: int = 1024, repeats: int = 8, device: str | None = None) 
 
 def _check_python() -> Check:
     version = platform.python_version()
-    if sys.version_info >= (3, 10):
+    if sys.version_info >= (3, 10):  # noqa: UP036 (run from a checkout, course_lib can meet an older Python)
         return Check("Python", f"{version} ({sys.executable})")
     return Check("Python", version, "problem", "The course needs Python 3.10 or newer: create a new environment.")
 

@@ -15,6 +15,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from course_lib import versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
+
 EVAL_SETS = {"persona": ("persona", "eval.jsonl"), "general": ("general", "eval.jsonl"),
              "new_facts": ("persona", "new_facts_eval.jsonl")}
 

@@ -477,8 +477,8 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
     trainable parameters, forward with labels, backward, optimizer step, gradients set to None.
     QLoRA on a CPU first releases the checkpoint file (``release_checkpoint_file``).
     """
-    import torch  # noqa: F401  (imports happen before the baseline: they are not training memory)
     import peft  # noqa: F401
+    import torch  # noqa: F401  (imports happen before the baseline: they are not training memory)
     import transformers  # noqa: F401
 
     from course_lib import models, report, train

@@ -23,7 +23,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import paths, versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
 DEFAULT_MODEL = "smollm2-135m"
 HUB_HOST = ("huggingface.co", 443)

@@ -41,6 +41,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from course_lib import versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
+
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())  # a library logs; the application decides where it goes
 
@@ -528,7 +532,7 @@ def draw(monitor: Monitor, plots=DEFAULT_PLOTS):
     return fig
 
 
-def side_by_side(runs: list["Run"]):
+def side_by_side(runs: list[Run]):
     """The diagnosis lab's runs in columns: loss on top, gradient norm with its band below."""
     from matplotlib.figure import Figure
 

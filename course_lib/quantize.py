@@ -36,7 +36,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import paths, versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
 VARIANTS = ("fp32", "bf16", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
 # What notebook 04 measures by default (bf16 is one click away in its panel).
@@ -192,7 +194,7 @@ def load_unmerged(adapter_dir, dtype="float32"):
     return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer, cfg
 
 
-def merge(adapter_dir, out_dir, data: "EvalData | None" = None, examples: int = 16) -> MergeResult:
+def merge(adapter_dir, out_dir, data: EvalData | None = None, examples: int = 16) -> MergeResult:
     """Fold the adapter's B·A into the base weights and save a standard model folder.
 
     Measures perplexity before and after on DATA's validation examples (the first EXAMPLES of
@@ -903,7 +905,7 @@ class Bench:
         _free(self._baseline)
         self._baseline = None
 
-    def run_many(self, variants, **settings) -> "object":
+    def run_many(self, variants, **settings) -> object:
         for variant in variants:
             self.run(variant, **settings)
         return self.table([v for v in variants if v in self.results])

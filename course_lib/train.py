@@ -18,6 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from course_lib import versions
+
+versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
+
 METHODS = ("full", "lora", "qlora", "prompt_tuning")
 # The seeds' LoRA targets (attention query and value) and PEFT's shortcut for every linear layer.
 TARGETS = {"q_proj,v_proj": ["q_proj", "v_proj"], "all-linear": "all-linear"}
@@ -29,8 +33,7 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
                   num_virtual_tokens: int = 16, gradient_checkpointing: bool = False,
                   device: str = "auto"):
     """Load MODEL_NAME and make it trainable with METHOD; returns (model, tokenizer)."""
-    from peft import (LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model,
-                      prepare_model_for_kbit_training)
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
     from course_lib import models
 

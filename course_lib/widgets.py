@@ -8,7 +8,7 @@ controls' current values: the notebook's parameters. Same code, same result, no 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 
 def headless() -> bool:

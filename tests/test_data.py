@@ -508,7 +508,7 @@ def test_ensure_dataset_builds_the_default_split(tmp_path, default_tokenizer, ca
 
 @pytest.mark.slow
 def test_notebook_01_small_run_records_what_it_found(executed):
-    manifest = _manifest()
+    _manifest()  # skips when the manifest is not there
     entry = executed("01_data")
     assert entry["status"] == "ok", entry.get("error")
     figures = entry["figures"]

@@ -6,7 +6,9 @@ Stage-specific assertions on what a notebook produced live beside the stage's un
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,38 @@ def test_notebook_follows_the_contract(path):
         assert any(heading in _src(c) for c in cells if c["cell_type"] == "markdown"), heading
 
 
+def _stored(cell) -> str:
+    kinds = [o.get("ename", o["output_type"]) if o["output_type"] == "error" else o["output_type"]
+             for o in cell.get("outputs", [])]
+    return ", ".join(kinds) or f"execution_count {cell.get('execution_count')}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stored_without_outputs(path):
-    for i, cell in enumerate(_cells(path)):
-        if cell["cell_type"] == "code":
-            assert not cell["outputs"] and cell["execution_count"] is None, f"cell {i} has stored output"
+    """nbstripout decides what a clean notebook is: its strip must leave the stored file unchanged."""
+    import nbformat
+    from nbstripout import strip_output
+
+    stored = nbformat.read(path, as_version=4)
+    clean = strip_output(copy.deepcopy(stored), keep_output=False, keep_count=False, keep_id=True)
+    dirty = [f"cell {i} ({_stored(cell)})" for i, (cell, stripped) in enumerate(zip(stored.cells, clean.cells))
+             if cell != stripped]
+    assert not dirty and stored == clean, (
+        f"{path.name} is stored with outputs: {'; '.join(dirty) or 'notebook metadata'}. "
+        "Run `nbstripout notebooks/*.ipynb` before committing.")
+
+
+def _setup_cell_of_the_contract() -> str:
+    readme = (NOTEBOOKS[0].parent / "README.md").read_text()
+    block = re.search(r"```python\n(   # Setup:.*?)\n   ```", readme, re.S).group(1)
+    return "\n".join(line[3:] for line in block.splitlines())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_setup_cell_is_the_one_in_the_contract(path):
+    """Colab installs the tested versions through course_lib.colab; one copy of that cell, everywhere."""
+    assert _src(_cells(path)[1]) == _setup_cell_of_the_contract(), (
+        f"{path.name}: the setup cell differs from the one in notebooks/README.md; copy it from there")
 
 
 @pytest.mark.slow
