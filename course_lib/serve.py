@@ -234,7 +234,7 @@ def _admit(engine, safety, config: ServeConfig, chat: list[dict], max_new_tokens
                                 f"{config.max_new_tokens} (--max-new-tokens).")
     if safety is not None:
         for message in chat:
-            if message["role"] != "assistant" and not (verdict := safety.check_input(message["content"])).allowed:
+            if message["role"] != "assistant" and not safety.check_input(message["content"]).allowed:
                 return None, GenResult(safety.refusal, 0, "content_filter")
     ids = list(engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True)["input_ids"])
