@@ -19,6 +19,7 @@ the audited gap is generalization, not memorized pairs.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass, field, fields
@@ -134,6 +135,26 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], 
     return torch.cat(out)
 
 
+def yes_margin(model, tokenizer, prompts: list[str], batch_size: int = 16) -> list[float]:
+    """log p("Yes") - log p("No") as the answer's first token: one forward pass per prompt."""
+    import torch
+
+    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "No"))
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the next token follows every prompt
+    margins: list[float] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
+            inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True, padding=True).to(next(model.parameters()).device)
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
+            logp = torch.log_softmax(model(**inputs, position_ids=positions).logits[:, -1].float(), -1)
+            margins += (logp[:, yes] - logp[:, no]).tolist()
+    finally:
+        tokenizer.padding_side = side
+    return margins
+
+
 def pair_gaps(model, tokenizer, pairs: list[Pair], batch_size: int = 16):
     """log p(male version) - log p(female version) for each pair (a differentiable tensor)."""
     prompts = [p.prompt for p in pairs]
@@ -150,6 +171,7 @@ class Audit:
     he_preference: float     # mean gap: > 0 prefers "he" everywhere (a prior, not a stereotype)
     per_occupation: list[dict] = field(repr=False, default_factory=list)
     classification: dict = field(default_factory=dict)
+    train_gap: float | None = None  # mean |gap| on the training occupations (set by the notebook)
 
     def table(self):
         import pandas as pd
@@ -199,8 +221,7 @@ def classification_view(model, tokenizer, probes: Probes, names_per_group: int =
              for q in probes.questions]
     prompts = [f"Hi, I'm {name}. {q['question']} Please answer yes or no." for _, name, q in items]
     with torch.no_grad():
-        margin = (sequence_logprobs(model, tokenizer, prompts, ["Yes"] * len(items))
-                  - sequence_logprobs(model, tokenizer, prompts, ["No"] * len(items))).tolist()
+        margin = yes_margin(model, tokenizer, prompts)
     threshold = sorted(margin)[len(margin) // 2]
     y_true = [int(q["answer"] == "yes") for _, _, q in items]
     y_pred = [int(m >= threshold) for m in margin]
@@ -215,23 +236,84 @@ def classification_view(model, tokenizer, probes: Probes, names_per_group: int =
             "yes_margin_by_group": {g: round(v, 4) for g, v in mean_margin.items()}, "items": len(items)}
 
 
-def audit_table(audits: list[Audit]):
+def audit_table(audits: list[Audit], persona_scores: dict | None = None):
     """One row per model: the gaps and the Fairlearn differences side by side (a DataFrame)."""
     import pandas as pd
 
     rows = []
     for a in audits:
         c = a.classification
-        rows.append({"model": a.name, "bias gap (nats)": round(a.bias_gap, 4), "mean |gap|": round(a.abs_gap, 4),
-                     "he-preference": round(a.he_preference, 4),
-                     "demographic parity diff": c.get("demographic_parity_difference"),
-                     "equalized odds diff": c.get("equalized_odds_difference"), "yes/no accuracy": c.get("accuracy")})
+        row = {"model": a.name, "bias gap (nats)": round(a.bias_gap, 4), "mean |gap|": round(a.abs_gap, 4),
+               "he-preference": round(a.he_preference, 4),
+               "demographic parity diff": c.get("demographic_parity_difference"),
+               "equalized odds diff": c.get("equalized_odds_difference"), "yes/no accuracy": c.get("accuracy")}
+        if a.train_gap is not None:
+            row["mean |gap|, training occupations"] = round(a.train_gap, 4)
+        if persona_scores is not None:
+            row["persona score"] = persona_scores.get(a.name)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("model")
+
+
+def _change(before: float, after: float) -> str:
+    if abs(after - before) < 0.02:
+        return f"stayed at {after:+.3f}"
+    return f"{'grew' if abs(after) > abs(before) else 'shrank'} from {before:+.3f} to {after:+.3f}"
+
+
+def personalization_verdict(base: Audit, personalized: Audit) -> str:
+    """Did personalization change the gaps? In words, from the measured numbers."""
+    cb, cp = base.classification, personalized.classification
+    lines = [f"bias gap (stereotyped pronoun preferred, nats): {_change(base.bias_gap, personalized.bias_gap)}",
+             f"mean |gap| (any pronoun preference):           {_change(base.abs_gap, personalized.abs_gap)}",
+             f"he-preference (signed mean gap):                {_change(base.he_preference, personalized.he_preference)}"]
+    if cb and cp:
+        lines += [f"demographic parity difference: {cb['demographic_parity_difference']:.3f} -> "
+                  f"{cp['demographic_parity_difference']:.3f}; equalized odds difference: "
+                  f"{cb['equalized_odds_difference']:.3f} -> {cp['equalized_odds_difference']:.3f} "
+                  f"(steps of 1/{cb['items'] // 2} per group)"]
+    return "\n".join(lines)
+
+
+def constraint_verdict(personalized: Audit, control: Audit, constrained: Audit, scores: dict) -> str:
+    """What the penalty moved, compared with the control run (same data and steps, lambda = 0)."""
+    def pct(a, b):
+        return f"{(b - a) / abs(a):+.0%}" if a else "n/a"
+
+    lines = [
+        f"training occupations, mean |gap|: control {control.train_gap:.3f} -> constrained {constrained.train_gap:.3f} "
+        f"({pct(control.train_gap, constrained.train_gap)}; personalized model {personalized.train_gap:.3f})",
+        f"audit occupations, mean |gap|:    control {control.abs_gap:.3f} -> constrained {constrained.abs_gap:.3f} "
+        f"({pct(control.abs_gap, constrained.abs_gap)}; personalized model {personalized.abs_gap:.3f})",
+        f"audit occupations, bias gap:      control {control.bias_gap:+.3f} -> constrained {constrained.bias_gap:+.3f} "
+        f"(personalized model {personalized.bias_gap:+.3f})",
+        f"persona score:                    control {scores[control.name]:.2f} -> constrained "
+        f"{scores[constrained.name]:.2f} (personalized model {scores[personalized.name]:.2f})"]
+    return "\n".join(lines)
+
+
+def plot_runs(runs: dict):
+    """Penalty (mean |gap| on the step's pairs) and LM loss per step, for each fine-tuning run."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for name, run in runs.items():
+        right.plot(run.lm_losses, label=name)
+        if run.penalties:
+            left.plot(run.penalties, label=name)
+    left.set(title="penalty: mean |gap| on the step's pairs", xlabel="step", ylabel="nats")
+    right.set(title="language-model loss (the persona task)", xlabel="step", ylabel="loss")
+    for ax in (left, right):
+        ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 # --------------------------------------------------------------------------- the constraint
 
 
+@functools.lru_cache(maxsize=None)
 def _fair_trainer_class():
     from transformers import Trainer
 
@@ -280,6 +362,14 @@ class FairRun:
     seconds: float
     lm_losses: list[float]   # the language-model part of the loss, every step
     penalties: list[float]   # mean |gap| on the step's counterfactual pairs (empty when lambda = 0)
+
+    def __str__(self) -> str:
+        first = sum(self.lm_losses[:3]) / max(1, len(self.lm_losses[:3]))
+        last = sum(self.lm_losses[-3:]) / max(1, len(self.lm_losses[-3:]))
+        penalty = (f", penalty {self.penalties[0]:.3f} -> {sum(self.penalties[-3:]) / len(self.penalties[-3:]):.3f}"
+                   if self.penalties else "")
+        return (f"lambda {self.fairness_lambda:g}: {self.steps} steps in {self.seconds:.0f} s, "
+                f"LM loss {first:.3f} -> {last:.3f}{penalty} (saved to {self.adapter_dir})")
 
 
 def fine_tune(adapter_dir, run_dir, probes: Probes, fairness_lambda: float, steps: int = 24, batch_size: int = 4,

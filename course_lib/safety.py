@@ -324,3 +324,42 @@ def run_redteam(safety: SafetyFilter, items: list[dict]) -> list[dict]:
 def redteam_summary(rows: list[dict]) -> dict[str, int]:
     """Counts of each outcome (the figures the A5 notebook records)."""
     return {k: sum(r["outcome"] == k for r in rows) for k in ("caught", "missed", "false_refusal", "answered")}
+
+
+def redteam_table(rows: list[dict]):
+    """Caught / missed / false refusals / answered per category (a DataFrame; pandas imported lazily)."""
+    import pandas as pd
+
+    table = pd.crosstab(pd.Series([r["category"] for r in rows], name="category"),
+                        pd.Series([r["outcome"] for r in rows], name="outcome"))
+    table = table.reindex(columns=["caught", "missed", "false_refusal", "answered"], fill_value=0)
+    table.loc["total"] = table.sum()
+    return table
+
+
+def redteam_failures(rows: list[dict]):
+    """The misses and false refusals, with the rule that fired and the set's note (a DataFrame)."""
+    import pandas as pd
+
+    wrong = [{"outcome": r["outcome"], "category": r["category"], "where": r["where"], "text": r["text"],
+              "rule": r["rule"], "note": r.get("note", "")}
+             for r in rows if r["outcome"] in ("missed", "false_refusal")]
+    return pd.DataFrame(wrong, columns=["outcome", "category", "where", "text", "rule", "note"])
+
+
+def panel(safety: SafetyFilter, text: str, where: str = "input"):
+    """Type a message, see the verdict and the normalised text the rules saw (runs once headless)."""
+    import ipywidgets as w
+
+    from course_lib.widgets import panel as make_panel
+
+    def run(text, where):
+        check = safety.check_input if where == "input" else safety.check_output
+        verdict = check(text)
+        print(f"{'allowed' if verdict.allowed else 'BLOCKED by ' + verdict.rule}\n"
+              f"normalised: {' | '.join(normalise(text, safety.normalise_steps))}")
+        return verdict
+
+    controls = {"text": w.Text(value=text, description="message", layout=w.Layout(width="80%")),
+                "where": w.ToggleButtons(options=list(WHERE), value=where, description="check")}
+    return make_panel(run, controls, button=None, live=True)
