@@ -100,7 +100,7 @@ def normalise(text: str, steps=NORMALISE_STEPS) -> list[str]:
     forms = []
     for table in (_LEET_I, _LEET_L):
         # Only words holding a letter: "10 tomatoes" stays "10 tomatoes", "b0mb" becomes "bomb".
-        form = re.sub(r"[\w@$!|]+", lambda m: m.group(0).translate(table)
+        form = re.sub(r"[\w@$!|]+", lambda m, table=table: m.group(0).translate(table)
                       if re.search(r"[^\W\d_]", m.group(0)) else m.group(0), text)
         if form not in forms:
             forms.append(form)
@@ -160,7 +160,7 @@ class SafetyFilter:
 
     # ---- building ----
     @classmethod
-    def from_config(cls, config: "str | os.PathLike | dict | None" = None) -> "SafetyFilter":
+    def from_config(cls, config: str | os.PathLike | dict | None = None) -> SafetyFilter:
         """None -> the shipped default (data_samples/safety/filter.json); a path -> that JSON file;
         a dict -> the same schema. Bad config: SafetyConfigError naming the file and the field."""
         source = "config"
@@ -179,7 +179,7 @@ class SafetyFilter:
         return cls(**_parse(config, source))
 
     @classmethod
-    def disabled(cls) -> "SafetyFilter":
+    def disabled(cls) -> SafetyFilter:
         """A filter that allows everything (for comparisons, or a deployment that opts out)."""
         return cls(refusal="", pii=(), enabled=False)
 
@@ -287,7 +287,7 @@ def _parse(config: dict, source: str) -> dict:
 REDTEAM_CATEGORIES = ("injection", "must_refuse", "obfuscated", "lookalike")
 
 
-def load_redteam(path: "str | os.PathLike | None" = None) -> list[dict]:
+def load_redteam(path: str | os.PathLike | None = None) -> list[dict]:
     """The red-team set (default data_samples/safety/redteam.jsonl); a bad line names file and line."""
     path = Path(path) if path is not None else paths.data_samples("safety", "redteam.jsonl")
     items = []
@@ -324,3 +324,42 @@ def run_redteam(safety: SafetyFilter, items: list[dict]) -> list[dict]:
 def redteam_summary(rows: list[dict]) -> dict[str, int]:
     """Counts of each outcome (the figures the A5 notebook records)."""
     return {k: sum(r["outcome"] == k for r in rows) for k in ("caught", "missed", "false_refusal", "answered")}
+
+
+def redteam_table(rows: list[dict]):
+    """Caught / missed / false refusals / answered per category (a DataFrame; pandas imported lazily)."""
+    import pandas as pd
+
+    table = pd.crosstab(pd.Series([r["category"] for r in rows], name="category"),
+                        pd.Series([r["outcome"] for r in rows], name="outcome"))
+    table = table.reindex(columns=["caught", "missed", "false_refusal", "answered"], fill_value=0)
+    table.loc["total"] = table.sum()
+    return table
+
+
+def redteam_failures(rows: list[dict]):
+    """The misses and false refusals, with the rule that fired and the set's note (a DataFrame)."""
+    import pandas as pd
+
+    wrong = [{"outcome": r["outcome"], "category": r["category"], "where": r["where"], "text": r["text"],
+              "rule": r["rule"], "note": r.get("note", "")}
+             for r in rows if r["outcome"] in ("missed", "false_refusal")]
+    return pd.DataFrame(wrong, columns=["outcome", "category", "where", "text", "rule", "note"])
+
+
+def panel(safety: SafetyFilter, text: str, where: str = "input"):
+    """Type a message, see the verdict and the normalised text the rules saw (runs once headless)."""
+    import ipywidgets as w
+
+    from course_lib.widgets import panel as make_panel
+
+    def run(text, where):
+        check = safety.check_input if where == "input" else safety.check_output
+        verdict = check(text)
+        print(f"{'allowed' if verdict.allowed else 'BLOCKED by ' + verdict.rule}\n"
+              f"normalised: {' | '.join(normalise(text, safety.normalise_steps))}")
+        return verdict
+
+    controls = {"text": w.Text(value=text, description="message", layout=w.Layout(width="80%")),
+                "where": w.ToggleButtons(options=list(WHERE), value=where, description="check")}
+    return make_panel(run, controls, button=None, live=True)

@@ -159,7 +159,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
         return {"id": name, "runtime": engine.runtime, **engine.info, "limits": asdict(config),
                 "sampling": "greedy only" if engine.runtime != "PyTorch" else "greedy or sampled",
                 "batches_served": len(batcher.batches), "mean_batch": _mean(batcher.batches),
-                "safety": "on" if safety else "off"}
+                "safety": "on" if safety is not None and getattr(safety, "enabled", True) else "off"}
 
     @app.get("/v1/models")
     def list_models():
