@@ -1,0 +1,231 @@
+"""Distillation: squeeze the personalized model into a smaller student that still sounds like Sprout.
+
+- teacher: the base model with the persona adapter merged into its weights (notebook 02's adapter);
+- student: the same architecture with every other decoder layer removed, initialised from the
+  teacher's own weights (the layers it keeps are copied, not random);
+- "student alone": the student fine-tuned on the persona data with the usual next-token loss;
+- "distilled student": the same steps and data, with a KL term pulling the student's token
+  distribution towards the teacher's (Hinton et al., 2015, "Distilling the Knowledge in a
+  Neural Network", arXiv:1503.02531).
+
+Both students see exactly the same batches for the same steps; only the loss differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from transformers import Trainer
+
+
+def load_teacher(adapter_dir):
+    """The persona model with its adapter merged (no LoRA detour per token) -> (model, tokenizer)."""
+    from course_lib import quantize
+
+    model, tokenizer, _ = quantize.load_unmerged(adapter_dir)
+    model = model.merge_and_unload().eval()
+    model.config.use_cache = False
+    for param in model.parameters():
+        param.requires_grad = False
+    return model, tokenizer
+
+
+def layers_to_drop(num_layers: int, n_drop: int) -> list[int]:
+    """Every other layer of the middle band, from the top of the band down (the last 5 layers stay).
+
+    Measured on the persona teacher (SmolLM2-135M, 30 layers, answer loss 2.21 on 16 training
+    examples before any repair): dropping layer 15 alone gave 2.45, four middle layers 3.36, eight
+    5.06, every other layer of all 30 13.3 (worse than guessing), and layers 20-28 25.7. The last
+    layers turn the residual stream into next-token scores and the first ones build features every
+    later layer reads: the middle ones are the most redundant, and dropping them one apart leaves
+    each gap bridged by a neighbour.
+    """
+    band = list(range(num_layers - 6, 0, -2)) or list(range(num_layers - 1, 0, -1))
+    if not 0 < n_drop <= len(band):
+        raise ValueError(f"can drop 1 to {len(band)} of this model's {num_layers} layers, not {n_drop}")
+    return sorted(band[:n_drop])
+
+
+def make_student(teacher, n_drop: int = 8):
+    """A copy of TEACHER without N_DROP of its decoder layers (``layers_to_drop``): fewer layers, same width.
+
+    Why copy the teacher's layers instead of starting from random weights: each decoder layer adds
+    a correction to the same residual stream, so a model with some layers skipped still produces
+    roughly sensible hidden states, and the embeddings and output layer already speak the language.
+    Training only has to repair the gaps, which a CPU can do in minutes; a random student would need
+    pretraining first. DistilBERT initialised its student the same way (one layer of two; Sanh et
+    al., 2019, arXiv:1910.01108).
+    """
+    student = copy.deepcopy(teacher)
+    drop = set(layers_to_drop(student.config.num_hidden_layers, n_drop))
+    kept = [layer for i, layer in enumerate(student.model.layers) if i not in drop]
+    student.model.layers = torch.nn.ModuleList(kept)
+    for index, layer in enumerate(kept):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by layer: renumber, or generation breaks
+    config = student.config
+    if getattr(config, "layer_types", None):
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    config.num_hidden_layers = len(kept)
+    for name, param in student.named_parameters():
+        # The embedding matrix is tied to the output layer (49152 x 576, a fifth of the model): kept
+        # frozen, the two students differ only in what their decoder layers learn, and steps are faster.
+        param.requires_grad = "embed_tokens" not in name and "lm_head" not in name
+    return student
+
+
+def loss_on(records, tokenizer):
+    """A function model -> mean answer-token loss on RECORDS (one padding-free batch, no gradients)."""
+    from datasets import Dataset
+
+    from course_lib import batches
+
+    tokenized = batches.tokenize(Dataset.from_list(records), tokenizer)
+    batch = batches.collator()([tokenized[i] for i in range(len(tokenized))])
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return model(**batch).loss.item()
+
+    return loss
+
+
+def parameters(model) -> int:
+    """Stored parameters (tied embedding and output layer counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def kl_loss(student_logits, teacher_logits, labels, temperature: float):
+    """KL(teacher || student) per answer token, on distributions softened by TEMPERATURE, times T².
+
+    Only positions that predict an answer token count (the same ones the usual loss uses); T²
+    keeps the gradient's size comparable across temperatures (Hinton et al., 2015, section 2).
+    """
+    import torch.nn.functional as F
+
+    keep = labels[:, 1:] != -100  # position t predicts token t+1
+    s = student_logits[:, :-1][keep].float() / temperature
+    t = teacher_logits[:, :-1][keep].float() / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+class DistillTrainer(Trainer):
+    """Trainer whose loss is (1 - alpha) * next-token loss + alpha * KL(teacher || student).
+
+    Why a subclass: Trainer gets its loss from the model's own forward pass (cross-entropy on the
+    labels); distillation needs a second model's logits on the same batch, and ``compute_loss`` is
+    the hook transformers documents for a custom loss. Everything else (optimizer, schedule,
+    batching, logging) stays Trainer's. TRL's GKDTrainer does on-policy distillation with sampled
+    answers, much slower on a CPU; this is the classic off-policy form on the training data.
+    """
+
+    def __init__(self, *args, teacher, alpha: float = 0.5, temperature: float = 2.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():  # the teacher only answers: no graph, no gradients, no optimizer state
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        kl = kl_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature)
+        loss = (1 - self.alpha) * outputs.loss + self.alpha * kl
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_student(student, teacher, tokenizer, records, run_dir, *, distill: bool, steps: int, batch_size: int,
+                  learning_rate: float, alpha: float, temperature: float, seed: int) -> dict:
+    """Fine-tune STUDENT on RECORDS (with the teacher's KL when DISTILL); returns loss history and time."""
+    from course_lib import continual, paths
+
+    name = "distilled" if distill else "alone"
+    extra = {"trainer_class": DistillTrainer, "teacher": teacher, "alpha": alpha,
+             "temperature": temperature} if distill else {}
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    history = continual.fit(student, tokenizer, records, steps=steps, batch_size=batch_size,
+                            learning_rate=learning_rate, seed=seed,
+                            out_dir=paths.run_dir(run_dir) / "distill" / name, **extra)
+    student.config.use_cache = True
+    return {"train_seconds": round(time.perf_counter() - started, 1),
+            "losses": [h["loss"] for h in history if "loss" in h]}
+
+
+def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
+    """Greedy decoding speed of each model, timed side by side (quantize.ms_per_token's method)."""
+    from course_lib import quantize
+
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about tomatoes."}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+    for model in models.values():
+        model.config.use_cache = True
+    times = quantize.ms_per_token([quantize.TorchRunner(m) for m in models.values()], prompt, tokens)
+    return dict(zip(models, (round(t, 2) for t in times)))
+
+
+def compare(adapter_dir, run_dir, *, n_drop: int = 8, steps: int = 40, batch_size: int = 8,
+            learning_rate: float = 1e-4, alpha: float = 0.5, temperature: float = 2.0, seed: int = 0,
+            max_examples: int = 0, eval_limit: int = 0, max_new_tokens: int = 48, latency_tokens: int = 32, teacher=None) -> dict:
+    """Teacher, student trained alone, distilled student: parameters, persona score, ms/token.
+
+    TEACHER: an already loaded (model, tokenizer) from ``load_teacher``, to skip loading it again.
+    """
+    import random
+
+    from course_lib import continual, evaluate
+
+    teacher, tokenizer = teacher or load_teacher(adapter_dir)
+    records = continual.old_data()
+    if max_examples:
+        records = random.Random(seed).sample(records, min(max_examples, len(records)))
+    untrained = make_student(teacher, n_drop)
+    models = {"teacher": teacher, "student_untrained": untrained}
+    runs = {}
+    for name, distill in (("student_alone", False), ("student_distilled", True)):
+        models[name] = make_student(teacher, n_drop)
+        runs[name] = train_student(models[name], teacher, tokenizer, records, run_dir, distill=distill,
+                                   steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                   alpha=alpha, temperature=temperature, seed=seed)
+    speed = ms_per_token(models, tokenizer, latency_tokens)
+    rows = {}
+    for name, model in models.items():
+        model.eval()
+        scored = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
+        rows[name] = {"parameters": parameters(model), "layers": model.config.num_hidden_layers,
+                      "persona_score": scored.score, "ms_per_token": speed[name],
+                      **{k: v for k, v in runs.get(name, {}).items() if k != "losses"}, "eval": scored}
+    return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models,
+            "tokenizer": tokenizer}
+
+
+def figures(result: dict) -> dict:
+    """Per model: parameters, persona_score, ms_per_token (+ layers, training seconds)."""
+    return {name: {k: v for k, v in row.items() if k != "eval"} for name, row in result["rows"].items()}
+
+
+def table(figs: dict):
+    import pandas as pd
+
+    frame = pd.DataFrame(figs).T
+    frame["size vs teacher"] = (frame["parameters"] / frame.loc["teacher", "parameters"]).astype(float).round(3)
+    frame["speed-up"] = (frame.loc["teacher", "ms_per_token"] / frame["ms_per_token"]).astype(float).round(2)
+    return frame
+
+
+def plot(result: dict):
+    """Training loss of both students (the distilled one's includes the KL term), and the scores."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, losses in result["losses"].items():
+        ax_loss.plot(range(1, len(losses) + 1), losses, "o-", label=name)
+    ax_loss.set(xlabel="logged step", ylabel="training loss", title="students' training loss")
+    ax_loss.legend()
+    rows = result["rows"]
+    ax_score.bar(list(rows), [r["persona_score"] for r in rows.values()], color="tab:green")
+    ax_score.set(ylim=(0, 1.05), ylabel="persona score", title="held-out persona score")
+    ax_score.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    return fig
