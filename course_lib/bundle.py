@@ -3,14 +3,15 @@
     python -m course_lib.bundle build [--out bundle/]   # needs the network (or pip's local index) once
     bash bundle/install.sh ~/slm-course                 # on each laptop, with no network at all
 
-The folder holds a wheelhouse with exactly the packages of the environment the course was tested
-in (``pip freeze`` of the running interpreter, not a fresh resolve, so every laptop gets the
-versions the tests passed with), the course's own files, the default model's dequantized cache and
+The folder holds a wheelhouse with exactly the versions the course was tested with (the installed
+versions of the course's dependency closure in the running environment, not a fresh resolve, so
+every laptop gets what the tests passed with), the course's own files, the default model's dequantized cache and
 llama.cpp's converter for notebook 04, and ``install.sh``, which installs all of it with
 ``pip install --no-index`` and never opens a socket.
 
-Everything is done by pip itself (``pip freeze``, ``pip wheel``, ``pip install --no-index
---find-links``): the wheelhouse is a plain folder any pip understands, nothing custom to maintain.
+The packaging is pip's own (``pip wheel``, ``pip install --no-index --find-links``): the wheelhouse is
+a plain folder any pip understands. Only the choice of packages is ours, walked over the installed
+metadata with ``packaging``, because ``pip freeze`` would also ship whatever else shares the venv.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from pathlib import Path
 
 from . import paths
 
-# Where the pinned list comes from. None: `pip freeze` of the running environment. When the repo
-# ships a lock file, point this at it (e.g. paths.course_root() / "requirements.lock").
+# Where the pinned list comes from. None: the installed versions of the course's dependencies.
+# When the repo ships a lock file, point this at it (e.g. paths.course_root() / "requirements.lock").
 REQUIREMENTS_FILE: Path | None = None
 
-# Installed with pip's own machinery and never listed by `pip freeze`: the editable install of the
-# course needs setuptools in the fresh venv (no build isolation without a network).
+# Not a dependency of anything, but the editable install of the course needs setuptools in the
+# fresh venv (pip cannot fetch the build backend into an isolated build without a network).
 BUILD_TOOLS = ("setuptools",)
 # Built separately: it compiles from source, so a missing compiler must not stop the bundle.
 OPTIONAL_BUILT = ("llama-cpp-python",)
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("build", help="write the offline bundle folder")
     make.add_argument("--out", default=str(paths.course_root() / "bundle"), help="the folder to write (must not exist)")
-    make.add_argument("--requirements", default=REQUIREMENTS_FILE, help="a pinned list instead of pip freeze")
+    make.add_argument("--requirements", default=REQUIREMENTS_FILE,
+                      help="a pinned list (lock file) instead of the installed versions")
     make.add_argument("--no-model-cache", action="store_true",
                       help="leave out the dequantized model (-540 MB); each laptop rebuilds it in ~20 s")
     make.add_argument("--llama", choices=[*LLAMA_BUILDS, "none"], default="portable",

@@ -30,15 +30,16 @@ def _no_network_prefix() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def built_bundle(tmp_path_factory) -> Path:
+def built_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "slm-course-bundle"
     # "cached": pip's own build of llama-cpp-python from `make install`, not a 6-minute portable compile.
     bundle.build(out, llama="cached", log=lambda *_: None)
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)  # 1.2 GB: pytest keeps its last three sessions' tmp folders
 
 
 @pytest.fixture(scope="session")
-def offline_install(built_bundle, tmp_path_factory) -> dict:
+def offline_install(built_bundle, tmp_path_factory):
     """Run the bundle's install.sh as a laptop would: fresh folder, fresh cache, no index, no network."""
     place = tmp_path_factory.mktemp("laptop")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV", "COURSE_"))}
@@ -51,8 +52,9 @@ def offline_install(built_bundle, tmp_path_factory) -> dict:
                           env=env, capture_output=True, text=True, cwd=place)
     seconds = time.perf_counter() - started
     assert done.returncode == 0, f"install.sh failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    return {"dest": place / "course", "cache": place / "cache", "env": env, "prefix": prefix,
-            "seconds": seconds, "log": done.stdout + done.stderr, "cwd": place}
+    yield {"dest": place / "course", "cache": place / "cache", "env": env, "prefix": prefix,
+           "seconds": seconds, "log": done.stdout + done.stderr, "cwd": place}
+    shutil.rmtree(place, ignore_errors=True)
 
 
 def _run_in_venv(install: dict, code: str) -> dict:
