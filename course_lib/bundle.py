@@ -256,6 +256,15 @@ export PIP_NO_INDEX=1 PIP_FIND_LINKS="$HERE/wheels" PIP_CONFIG_FILE=/dev/null
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 start=$(date +%s)
 
+# The wheels fit one Python version and platform: say so plainly instead of pip's "no matching distribution".
+WANTED="@PLATFORM@"
+FOUND="$("$PYTHON" -c 'import platform, sys; print(f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform} {platform.machine()}")' 2>/dev/null || echo "no working $PYTHON")"
+if [ "$FOUND" != "$WANTED" ]; then
+    echo "error: this bundle's wheels are for $WANTED, and PYTHON=$PYTHON is $FOUND." >&2
+    echo "Set PYTHON to a matching interpreter (PYTHON=python3.X bash install.sh), or build a bundle on such a machine." >&2
+    exit 2
+fi
+
 if [ ! -f "$DEST/pyproject.toml" ]; then
     mkdir -p "$DEST" && cp -R "$HERE/course/." "$DEST/"
 fi
@@ -281,6 +290,13 @@ echo "Next: cd $DEST && make lab    (or .venv/bin/jupyter lab notebooks/)"
 """
 
 
+def platform_tag() -> str:
+    """What the wheelhouse fits, in the words install.sh compares against the laptop's Python."""
+    import platform
+
+    return f"Python {sys.version_info[0]}.{sys.version_info[1]} on {sys.platform} {platform.machine()}"
+
+
 def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache: bool = True,
           llama: str = "portable", log=print) -> dict:
     """Write the whole bundle into OUT (which must not exist yet) and return its facts."""
@@ -299,11 +315,10 @@ def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache:
     log("course files, model cache and converter")
     copy_course(staging / "course")
     copy_caches(staging / "cache", model_cache, log)
-    (staging / INSTALL_SCRIPT).write_text(INSTALL_SH)
+    (staging / INSTALL_SCRIPT).write_text(INSTALL_SH.replace("@PLATFORM@", platform_tag()))
     (staging / INSTALL_SCRIPT).chmod(0o755)
     facts = {
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "platform": sys.platform,
+        "for": platform_tag(),
         "packages": len(pins),
         "optional": optional,
         "built_in_s": round(time.perf_counter() - started, 1),

@@ -144,3 +144,15 @@ def test_offline_install_has_exactly_the_tested_versions(built_bundle, offline_i
         assert installed.get(bundle._canonical(name)) == version, pin
     assert installed["course-lib"]
     assert (offline_install["dest"] / ".venv" / ".installed").exists()  # `make lab` will not reinstall
+
+
+@pytest.mark.slow
+def test_install_refuses_another_python_with_a_clear_message(built_bundle, tmp_path):
+    fake = tmp_path / "python9"
+    fake.write_text("#!/bin/sh\necho 'Python 9.9 on linux x86_64'\n")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(built_bundle / bundle.INSTALL_SCRIPT), str(tmp_path / "course")],
+                          env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert f"for {bundle.platform_tag()}" in done.stderr and "Python 9.9" in done.stderr
+    assert not (tmp_path / "course").exists()  # nothing copied or half-installed
