@@ -148,6 +148,28 @@ LLAMA_BUILDS = {
 }
 
 
+def portable_wheel_dir() -> Path:
+    """Where portable builds are kept between bundles, so only the first `make bundle` compiles."""
+    return paths.cache_dir() / "portable-wheels"
+
+
+def _build_one(name: str, version: str, llama: str, wheels: Path) -> subprocess.CompletedProcess:
+    if llama == "cached":  # pip hands back the wheel it built at install time, from its cache
+        return _pip("wheel", "--no-deps", f"{name}=={version}", "-w", str(wheels))
+    kept = portable_wheel_dir() / f"{name}-{version}"
+    if not list(kept.glob("*.whl")):
+        # --no-cache-dir: pip's cache holds the native build, which it would hand back unchanged.
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-cache-dir",
+                               f"{name}=={version}", "-w", str(kept)], capture_output=True, text=True,
+                              env={**os.environ, **LLAMA_BUILDS[llama]})
+        if done.returncode:
+            shutil.rmtree(kept, ignore_errors=True)
+            return done
+    for wheel in kept.glob("*.whl"):
+        shutil.copy2(wheel, wheels / wheel.name)
+    return subprocess.CompletedProcess([], 0, "", "")
+
+
 def add_optional_builds(wheels: Path, llama: str = "portable", log=print) -> dict[str, str]:
     """Add a wheel for each optional compiled package installed here, if it can be built.
 
@@ -162,11 +184,9 @@ def add_optional_builds(wheels: Path, llama: str = "portable", log=print) -> dic
         if version is None or llama == "none":
             log(f"  {name}: left out (notebook 04 then writes the GGUF file but skips running it)")
             continue
-        env = {**os.environ, **LLAMA_BUILDS[llama]}
-        cache = ["--no-cache-dir"] if llama == "portable" else []  # else pip hands back its native build
-        log(f"  {name}=={version}: building a {llama} wheel" + (" (compiles llama.cpp, minutes)" if cache else ""))
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *cache,
-                               f"{name}=={version}", "-w", str(wheels)], capture_output=True, text=True, env=env)
+        fresh = llama == "portable" and not list((portable_wheel_dir() / f"{name}-{version}").glob("*.whl"))
+        log(f"  {name}=={version}: {llama} wheel" + (" (compiles llama.cpp once: minutes)" if fresh else ""))
+        done = _build_one(name, version, llama, wheels)
         if done.returncode:
             log(f"  {name}=={version}: could not be built, left out ({done.stderr.strip().splitlines()[-1:]})")
         else:

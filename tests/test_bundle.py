@@ -156,3 +156,23 @@ def test_install_refuses_another_python_with_a_clear_message(built_bundle, tmp_p
     assert done.returncode == 2
     assert f"for {bundle.platform_tag()}" in done.stderr and "Python 9.9" in done.stderr
     assert not (tmp_path / "course").exists()  # nothing copied or half-installed
+
+
+def test_a_portable_build_is_compiled_once_then_reused(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    try:
+        version = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        pytest.skip("llama-cpp-python is not installed here")
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    kept = bundle.portable_wheel_dir() / f"llama-cpp-python-{version}"
+    kept.mkdir(parents=True)
+    wheel = kept / f"llama_cpp_python-{version}-py3-none-linux_x86_64.whl"
+    wheel.write_bytes(b"built earlier")  # stands for the earlier compile: found, so nothing compiles
+    (tmp_path / "wheels").mkdir()
+    added = bundle.add_optional_builds(tmp_path / "wheels", "portable", log=lambda *_: None)
+    assert added == {f"llama-cpp-python=={version}": "portable: GGML_NATIVE=OFF, needs AVX2"}
+    assert (tmp_path / "wheels" / wheel.name).read_bytes() == b"built earlier"
+    with pytest.raises(ValueError, match="llama must be one of"):
+        bundle.add_optional_builds(tmp_path / "wheels", "fast")
