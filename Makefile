@@ -46,9 +46,11 @@ test: model
 
 # The offline classroom bundle (INSTRUCTORS.md): wheels of this environment, the model cache, the
 # converter and install.sh, in one folder to copy to a USB stick. BUNDLE must not exist yet.
+# BUNDLE_ARGS: e.g. --no-model-cache, --llama cached (see python -m course_lib.bundle build -h).
 BUNDLE ?= bundle
+BUNDLE_ARGS ?=
 bundle: model
-	$(PY) -m course_lib.bundle build --out $(BUNDLE)
+	$(PY) -m course_lib.bundle build --out $(BUNDLE) $(BUNDLE_ARGS)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
