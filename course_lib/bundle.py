@@ -332,7 +332,7 @@ def build(out: Path, requirements: Path | None = REQUIREMENTS_FILE, model_cache:
     build_wheelhouse(pins, staging / "wheels")
     optional = add_optional_builds(staging / "wheels", llama, log)
     check_no_duplicates(staging / "wheels")
-    log("course files, model cache and converter")
+    log("course files, " + ("model cache and " if model_cache else "") + "converter")
     copy_course(staging / "course")
     copy_caches(staging / "cache", model_cache, log)
     (staging / INSTALL_SCRIPT).write_text(INSTALL_SH.replace("@PLATFORM@", platform_tag()))
