@@ -286,6 +286,10 @@ if [ "$FOUND" != "$WANTED" ]; then
 fi
 
 if [ ! -f "$DEST/pyproject.toml" ]; then
+    if [ -e "$DEST" ] && [ -n "$(ls -A "$DEST")" ]; then   # never write over someone's files
+        echo "error: $DEST exists and is not a course folder: name a new or empty folder." >&2
+        exit 2
+    fi
     mkdir -p "$DEST" && cp -R "$HERE/course/." "$DEST/"
 fi
 test -x "$DEST/.venv/bin/python" || "$PYTHON" -m venv "$DEST/.venv"
@@ -301,8 +305,11 @@ touch "$DEST/.venv/.installed"   # the Makefile's stamp: `make course` and `make
 
 CACHE="${COURSE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/course_lib}"
 mkdir -p "$CACHE"
-for part in "$HERE"/cache/*; do
-    if [ ! -e "$CACHE/$(basename "$part")" ]; then cp -R "$part" "$CACHE/"; fi
+for part in "$HERE"/cache/*; do   # copied aside, then renamed: an interrupted copy never looks finished
+    name="$(basename "$part")"
+    if [ -e "$part" ] && [ ! -e "$CACHE/$name" ]; then
+        rm -rf "$CACHE/.$name.partial" && cp -R "$part" "$CACHE/.$name.partial" && mv "$CACHE/.$name.partial" "$CACHE/$name"
+    fi
 done
 "$DEST/.venv/bin/python" -c "import course_lib.models as m; print('model cache:', m.default_model_dir())"
 echo "Installed the course in $DEST in $(( $(date +%s) - start )) s, without the network."

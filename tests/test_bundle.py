@@ -176,3 +176,13 @@ def test_a_portable_build_is_compiled_once_then_reused(tmp_path, monkeypatch):
     assert (tmp_path / "wheels" / wheel.name).read_bytes() == b"built earlier"
     with pytest.raises(ValueError, match="llama must be one of"):
         bundle.add_optional_builds(tmp_path / "wheels", "fast")
+
+
+@pytest.mark.slow
+def test_install_never_writes_into_a_folder_of_other_files(built_bundle, tmp_path):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.md").write_text("mine")
+    done = subprocess.run(["bash", str(built_bundle / bundle.INSTALL_SCRIPT), str(tmp_path / "thesis")],
+                          env={**os.environ, "PYTHON": sys._base_executable}, capture_output=True, text=True)
+    assert done.returncode == 2 and "is not a course folder" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "thesis").iterdir()) == ["chapter1.md"]
