@@ -30,6 +30,12 @@ def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool 
 
     out = widgets.Output()
     trigger = widgets.Button(description=button, button_style="primary") if button else None
+    # Stable CSS classes, so a browser test (tests/test_browser.py) finds each part by name.
+    out.add_class("course-output")
+    if trigger is not None:
+        trigger.add_class("course-run-button")
+    for name, widget in controls.items():
+        widget.add_class(f"course-control-{name}")
 
     def refresh(_=None):
         if trigger is not None:
@@ -47,7 +53,9 @@ def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool 
     if live:
         for widget in controls.values():
             widget.observe(refresh, names="value")
-    display(widgets.VBox([*controls.values(), *([trigger] if trigger else []), out]))
+    box = widgets.VBox([*controls.values(), *([trigger] if trigger else []), out])
+    box.add_class("course-panel")
+    display(box)
     if live or run_now:
         refresh()
     return None
