@@ -118,7 +118,7 @@ def test_lora_panel_trains_with_the_chosen_rank_and_learning_rate(page, lab, ui_
     output = panel.locator(".course-output")
     # Training shows its own progress table first; the before/after answers (a DataFrame) come last.
     wait_for_output(page, output, "persona score on 6 questions")
-    answers = output.locator("table.dataframe")
+    answers = output.locator("table.dataframe").filter(has=page.locator("th", has_text="question"))
     answers.wait_for(state="visible", timeout=RUN_MS)
     text = output.inner_text()
     expected = memory.lora_parameters("smollm2-135m", r=4)
