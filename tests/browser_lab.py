@@ -195,6 +195,11 @@ def first_error(page) -> str | None:
 def screenshot(page, locator, path: Path):
     """The cell as the learner sees it (the element, however tall), and the whole window beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    box = locator.bounding_box()
+    if box and box["height"] > size["height"] - 200:  # the notebook scrolls inside the page: grow the window
+        page.set_viewport_size({"width": size["width"], "height": min(int(box["height"]) + 300, 6000)})
     locator.scroll_into_view_if_needed()
     locator.screenshot(path=str(path))
     page.screenshot(path=str(path.with_name(path.stem + "-window.png")))
+    page.set_viewport_size(size)
