@@ -1256,7 +1256,8 @@ def cleaning_panel(records: list[dict], tokenizer, max_tokens: int = 512, near_d
         result = clean(records, tokenizer, max_tokens=max_tokens, near_dup_threshold=near_dup_threshold,
                        zscore=zscore, holdout=holdout)
         display(report_table(result))
-        print(f"kept {len(result.records)} of {len(records)}; duplicates removed {result.duplicates_removed}, "
+        print(f"max tokens {max_tokens}, near-duplicate threshold {near_dup_threshold:.2f}: "
+              f"kept {len(result.records)} of {len(records)}; duplicates removed {result.duplicates_removed}, "
               f"too long {result.counts.get('too_long', 0)}")
         return result
 

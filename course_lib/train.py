@@ -504,6 +504,7 @@ def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_ra
     display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
     tuned, tokenizer = load_trained(result.adapter_dir)
     after = evaluate.evaluate(tuned, tokenizer, "persona", limit=limit)
+    print(f"{method}, r {lora_r}, lr {learning_rate:.1e}: {result.trainable_params:,} trainable parameters")
     print(f"persona score on {limit} questions: {before.score:.2f} before -> {after.score:.2f} after "
           f"({result.steps} steps, {result.train_seconds:.0f} s)")
     display(evaluate.side_by_side(before, after, limit))

@@ -30,6 +30,12 @@ def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool 
 
     out = widgets.Output()
     trigger = widgets.Button(description=button, button_style="primary") if button else None
+    # Stable CSS classes, so a browser test (tests/test_browser.py) finds each part by name.
+    out.add_class("course-output")
+    if trigger is not None:
+        trigger.add_class("course-run-button")
+    for name, widget in controls.items():
+        widget.add_class(f"course-control-{name}")
 
     def refresh(_=None):
         if trigger is not None:
@@ -47,7 +53,9 @@ def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool 
     if live:
         for widget in controls.values():
             widget.observe(refresh, names="value")
-    display(widgets.VBox([*controls.values(), *([trigger] if trigger else []), out]))
+    box = widgets.VBox([*controls.values(), *([trigger] if trigger else []), out])
+    box.add_class("course-panel")
+    display(box)
     if live or run_now:
         refresh()
     return None
@@ -60,8 +68,9 @@ def training_controls(learning_rate: float, lora_r: int, lora_alpha: int, lora_d
 
     style = {"description_width": "110px"}
     return {
-        "learning_rate": w.FloatLogSlider(value=learning_rate, base=10, min=-5, max=0, step=0.25,
-                                          description="learning rate", style=style, readout_format=".0e"),
+        # A fine grid (20 stops a decade): with quarter decades the browser showed 4e-3 snapped to 3e-3.
+        "learning_rate": w.FloatLogSlider(value=learning_rate, base=10, min=-5, max=0, step=0.05,
+                                          description="learning rate", style=style, readout_format=".1e"),
         "lora_r": w.IntSlider(value=lora_r, min=1, max=64, description="LoRA rank r", style=style),
         "lora_alpha": w.IntSlider(value=lora_alpha, min=1, max=128, description="LoRA alpha", style=style),
         "lora_dropout": w.FloatSlider(value=lora_dropout, min=0.0, max=0.5, step=0.05, description="dropout",

@@ -120,3 +120,15 @@ def test_wheel_ships_the_datasets_and_the_lock(tmp_path):
     in_repo = {f"course_lib/data_samples/{p.relative_to(ROOT / 'data_samples').as_posix()}"
                for p in (ROOT / "data_samples").rglob("*") if p.is_file() and p.suffix in {".jsonl", ".json", ".md", ".csv", ".txt"}}
     assert in_repo and in_repo <= shipped
+
+
+def test_readme_badges_open_the_course_on_colab_and_binder():
+    from course_lib import REPO
+
+    readme = (ROOT / "README.md").read_text()
+    colab = re.search(r"\(https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/([^)]+\.ipynb)\)", readme)
+    binder = re.search(r"\(https://mybinder\.org/v2/gh/([^/]+/[^/]+)/main\?urlpath=lab/tree/([^)]+\.ipynb)\)", readme)
+    assert colab and binder, "README needs an Open in Colab badge and a Binder badge"
+    assert colab.group(1) == REPO and binder.group(1) == REPO
+    assert (ROOT / colab.group(2)).is_file() and (ROOT / binder.group(2)).is_file()
+    assert "colab-badge.svg" in readme and "mybinder.org/badge_logo.svg" in readme
