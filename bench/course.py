@@ -22,6 +22,7 @@ def from_report(report_path) -> dict:
     failed = [nb["name"] for nb in report["notebooks"] if nb["status"] != "ok"]
     return {"course_seconds": report["total_seconds"], "course_small_run": report.get("small_run", False),
             "course_notebooks": {nb["name"]: nb["seconds"] for nb in report["notebooks"]},
+            "course_slowest_notebook_seconds": max((nb["seconds"] for nb in report["notebooks"]), default=None),
             "course_note": f"from {path} written {when}" + (f"; failed: {', '.join(failed)}" if failed else "")}
 
 
