@@ -54,8 +54,13 @@ TABLE = [
     ("int8_size_ratio", "4. int8 dynamic size / fp32", None, True),
     ("int8_ppl_ratio", "4. int8 dynamic perplexity / fp32", None, True),
     ("int8_ms_per_token_ratio", "4. int8 dynamic ms/token / fp32", None, True),
+    ("int8_keep_down_ppl_ratio", "4. int8 dynamic, down_proj in fp32: perplexity / fp32", None, True),
+    ("int8_keep_down_size_ratio", "4.   its size / fp32", None, True),
+    ("int8_keep_down_ms_per_token_ratio", "4.   its ms/token / fp32", None, True),
     ("nf4_size_ratio", "4. nf4 size / fp32", None, True),
     ("nf4_ppl_ratio", "4. nf4 perplexity / fp32", None, True),
+    ("nf4_ms_per_token_ratio", "4. nf4 ms/token / fp32", None, True),
+    ("bnb_int8_size_ratio", "4. bnb int8 size / fp32", None, True),
     ("bnb_int8_ppl_ratio", "4. bnb int8 perplexity / fp32", None, True),
     ("serve_decode_speedup", "5. decode tokens/s batch 1, served / naive loop", None, False),
     ("serve_ttft_ms", "5. time to first token, served (ms)", None, True),
@@ -106,13 +111,13 @@ def table(figures: dict) -> str:
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    lines = [f"{'figure':<52} {'value':>9} {'target':>8}  met"]
+    lines = [f"{'figure':<56} {'value':>9} {'target':>8}  met"]
     for key, what, target, lower in TABLE:
         if key not in figures:
             continue
         value = figures[key]
         met = "" if target is None or value is None else ("yes" if (value <= target if lower else value >= target) else "NO")
-        lines.append(f"{what:<52} {show(value):>9} {show(target) if target else '':>8}  {met}")
+        lines.append(f"{what:<56} {show(value):>9} {show(target) if target else '':>8}  {met}")
     return "\n".join(lines)
 
 
