@@ -45,6 +45,7 @@ TABLE = [
     ("trainer_speedup", "1. trainer useful tokens/s, course / naive Trainer", 2.0, False),
     ("val_loss_rel_diff", "1. |val loss course - naive| / naive", 0.02, True),
     ("trainer_mfu", "2. trainer MFU (6N x tokens/s / matmul peak)", 0.5, False),
+    ("trainer_hardware_utilization", "2.   executed FLOPs/s / matmul peak (head skipped on prompts)", None, False),
     ("mem_lora_over_full", "3. peak memory LoRA / full", None, True),
     ("speed_lora_over_full", "3.   tokens/s LoRA / full", None, False),
     ("mem_qlora_over_lora", "3. peak memory QLoRA / LoRA", None, True),
@@ -111,13 +112,13 @@ def table(figures: dict) -> str:
             return "-"
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    lines = [f"{'figure':<56} {'value':>9} {'target':>8}  met"]
+    lines = [f"{'figure':<62} {'value':>9} {'target':>8}  met"]
     for key, what, target, lower in TABLE:
         if key not in figures:
             continue
         value = figures[key]
         met = "" if target is None or value is None else ("yes" if (value <= target if lower else value >= target) else "NO")
-        lines.append(f"{what:<56} {show(value):>9} {show(target) if target else '':>8}  {met}")
+        lines.append(f"{what:<62} {show(value):>9} {show(target) if target else '':>8}  {met}")
     return "\n".join(lines)
 
 

@@ -61,7 +61,10 @@ def _course(args) -> dict:
     tokenizer = models.load_tokenizer(args.model)
     train_tok, val_tok, _ = train.build_datasets(cfg, tokenizer, Path(args.run_dir))
     trained, _ = train.load_trained(result.adapter_dir)
+    config = trained.config
     return {"seconds": result.train_seconds, "tokens": sum(train_tok["length"]),
+            "trained_tokens": sum(sum(l != -100 for l in labels[1:]) for labels in train_tok["labels"]),
+            "head_parameters": config.vocab_size * config.hidden_size,
             "val_loss": validation_loss(trained, val_tok), "parameters": result.total_params,
             "precision": _precision_name(train.precision_flags(cfg.precision, models.pick_device()))}
 
@@ -123,7 +126,12 @@ def trainer(model: str, run_dir, threads: int, examples: int = 32, val_examples:
     tokens_per_s = course["tokens"] / course["seconds"]
     flops_per_token = 6 * course["parameters"]  # full fine-tuning: forward 2N + backward 4N
     peak = max(peaks)
+    # The course computes the output layer only where a token is trained on (batches.FlatCollator):
+    # the FLOPs it really executes are fewer than 6N per token; their rate is the hardware's utilization.
+    executed = 6 * ((course["parameters"] - course["head_parameters"]) * course["tokens"]
+                    + course["head_parameters"] * course["trained_tokens"])
     return {
+        "trainer_hardware_utilization": executed / course["seconds"] / (peak * 1e9),
         "trainer_speedup": ratio(naive["seconds"], course["seconds"]),
         "trainer_tokens_per_s": tokens_per_s, "naive_tokens_per_s": naive["tokens"] / naive["seconds"],
         "trainer_val_loss": course["val_loss"], "naive_val_loss": naive["val_loss"],
