@@ -91,8 +91,10 @@ def measure(model: str, run_dir: Path, threads: int, profile: dict, figures, run
     for name in figures:
         started = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
-        out.update(steps[name]())
-        out[f"{name}_bench_seconds"] = round(time.perf_counter() - started, 1)
+        part = steps[name]()
+        part[f"{name}_bench_seconds"] = round(time.perf_counter() - started, 1)
+        print(f"[bench] {name}: {json.dumps(part, default=str)}", flush=True)  # kept even if a later figure fails
+        out.update(part)
     return out
 
 
