@@ -105,7 +105,15 @@ def worker(argv=None) -> int:
     from course_lib.report import quiet_libraries
 
     quiet_libraries()
+    import torch
+
+    # The peak is measured in this process too, right before and after training, at its thread
+    # count: on a shared machine, a peak taken minutes apart from the training it divides can
+    # come from a busier (or quieter) moment.
+    threads = torch.get_num_threads()
+    before = matmul_peak_gflops(threads)
     result = _course(args) if args.mode == "course" else _naive(args)
+    result["peak_gflops"] = max(before, matmul_peak_gflops(threads))
     Path(args.json).write_text(json.dumps(result))
     return 0
 
@@ -125,7 +133,7 @@ def trainer(model: str, run_dir, threads: int, examples: int = 32, val_examples:
     course = min(runs["course"], key=lambda r: r["seconds"])
     tokens_per_s = course["tokens"] / course["seconds"]
     flops_per_token = 6 * course["parameters"]  # full fine-tuning: forward 2N + backward 4N
-    peak = max(peaks)
+    peak = max(peaks + [r["peak_gflops"] for mode in runs.values() for r in mode])
     # The course computes the output layer only where a token is trained on (batches.FlatCollator):
     # the FLOPs it really executes are fewer than 6N per token; their rate is the hardware's utilization.
     executed = 6 * ((course["parameters"] - course["head_parameters"]) * course["tokens"]
