@@ -53,7 +53,7 @@ def mix(new: list[dict], old: list[dict], share: float, seed: int = 0) -> list[d
 
 
 def fit(model, tokenizer, records: list[dict], *, steps: int, batch_size: int, learning_rate: float,
-        seed: int, out_dir, trainer_class=None, **trainer_kwargs) -> list[dict]:
+        seed: int, out_dir, trainer_class=None, trained_logits_only: bool = True, **trainer_kwargs) -> list[dict]:
     """Train MODEL's trainable weights on RECORDS for STEPS steps; returns the log history.
 
     Unlike ``train.train`` (which reads the cleaned split of notebook 01 and loads a fresh model),
@@ -75,7 +75,8 @@ def fit(model, tokenizer, records: list[dict], *, steps: int, batch_size: int, l
         seed=seed, data_seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
         use_cpu=models.pick_device() == "cpu", disable_tqdm=True)
     trainer = (trainer_class or Trainer)(model=model, args=args, train_dataset=tokenized,
-                                         data_collator=batches.collator(tokenizer), **trainer_kwargs)
+                                         data_collator=batches.collator(tokenizer, trained_logits_only),
+                                         **trainer_kwargs)
     trainer.train()
     model.eval()
     return trainer.state.log_history

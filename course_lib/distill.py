@@ -140,8 +140,10 @@ def train_student(student, teacher, tokenizer, records, run_dir, *, distill: boo
     from course_lib import continual, paths
 
     name = "distilled" if distill else "alone"
-    extra = {"trainer_class": DistillTrainer, "teacher": teacher, "alpha": alpha,
-             "temperature": temperature} if distill else {}
+    # The KL term compares the teacher's and the student's logits position by position, so the
+    # student must compute every position's logits (the collator's trained-positions-only saving off).
+    extra = {"trainer_class": DistillTrainer, "teacher": teacher, "alpha": alpha, "temperature": temperature,
+             "trained_logits_only": False} if distill else {}
     torch.manual_seed(seed)
     started = time.perf_counter()
     history = continual.fit(student, tokenizer, records, steps=steps, batch_size=batch_size,

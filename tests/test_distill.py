@@ -70,7 +70,7 @@ def _kl_to(teacher, student, tokenizer, records):
     from course_lib import batches
 
     tokenized = batches.tokenize(Dataset.from_list(records), tokenizer)
-    batch = batches.collator()([tokenized[i] for i in range(len(tokenized))])
+    batch = batches.collator(trained_logits_only=False)([tokenized[i] for i in range(len(tokenized))])
 
     def measure():
         with torch.no_grad():
