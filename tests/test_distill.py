@@ -93,7 +93,8 @@ def test_notebook_A4_records_every_model(executed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+# run=False: the effect is not there yet (issue 10 stays open on it) and the run costs minutes of CI.
+@pytest.mark.xfail(run=False, reason=(
     "not yet a stable effect: measured with notebook 02's adapter (8 of 30 layers dropped, 30 steps of 8, "
     "lr 1e-4, alpha 0.5, T 2) distilled 0.600 vs alone 0.575 persona score (one question of 40); with 12 steps "
     "0.475 vs 0.500. Both students recover most of the teacher's 0.675 from the persona data alone; see the "
