@@ -22,6 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from course_lib.quantize import find_adapter, stop_token_ids
+
 
 @dataclass
 class GenRequest:
@@ -157,12 +159,6 @@ class RunnerEngine(TorchEngine):
                 sent = text
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """End of sequence and end of turn (ChatML's <|im_end|>): either one ends an answer."""
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
-
-
 # --------------------------------------------------------------------------- loading artifacts
 
 
@@ -197,11 +193,9 @@ def describe_artifact(spec: str) -> tuple[str, Path | None]:
 
 
 def persona_adapter(run_dir: Path) -> Path:
-    """The adapter notebook 02 trained in RUN_DIR (LoRA first, then QLoRA)."""
-    for folder in (run_dir / "train" / "lora" / "final", run_dir / "train" / "qlora" / "final",
-                   run_dir / "quantize" / "adapter" / "final"):
-        if (folder / "course_train.json").exists():
-            return folder
+    """The model notebook 02 trained in RUN_DIR (the folders ``quantize.ensure_adapter`` looks in)."""
+    if folder := find_adapter(run_dir):
+        return folder
     raise FileNotFoundError(f"{run_dir} holds no trained adapter: run notebook 02 first, or pass a preset.")
 
 

@@ -119,12 +119,32 @@ def _free(*objects) -> None:
 # --------------------------------------------------------------------------- 1. the adapter and the merge
 
 
-def _adapter_for(folder: Path, model_name: str) -> bool:
+# Where a run directory keeps a trained persona model: notebook 02's LoRA, its QLoRA, then the
+# short fallback ensure_adapter trains. Notebooks 03-05 and the server look in this order.
+ADAPTER_FOLDERS = (("train", "lora", "final"), ("train", "qlora", "final"), ("quantize", "adapter", "final"))
+
+
+def _adapter_for(folder: Path, model_name: str | None) -> bool:
     meta = folder / "course_train.json"
     if not meta.exists():
         return False
     cfg = json.loads(meta.read_text())
-    return cfg.get("model") == model_name and cfg.get("method") in ("lora", "qlora", "full")
+    return model_name in (None, cfg.get("model")) and cfg.get("method") in ("lora", "qlora", "full")
+
+
+def find_adapter(run_dir, model_name: str | None = None) -> Path | None:
+    """The first trained model of ADAPTER_FOLDERS in RUN_DIR (trained on MODEL_NAME, if given), or None."""
+    for parts in ADAPTER_FOLDERS:
+        folder = Path(run_dir).joinpath(*parts)
+        if _adapter_for(folder, model_name):
+            return folder
+    return None
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """End of sequence and end of turn (ChatML's <|im_end|>): either one ends an answer."""
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 
 def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 48,
@@ -136,11 +156,9 @@ def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 
     folder alone.
     """
     run_dir = paths.run_dir(run_dir)
-    for folder in (run_dir / "train" / "lora" / "final", run_dir / "train" / "qlora" / "final",
-                   run_dir / "quantize" / "adapter" / "final"):
-        if _adapter_for(folder, model_name):
-            print(f"Using the trained adapter in {folder}.")
-            return folder
+    if folder := find_adapter(run_dir, model_name):
+        print(f"Using the trained adapter in {folder}.")
+        return folder
     from course_lib import train
 
     print(f"No trained adapter for {model_name} in {run_dir / 'train'}: training a short LoRA now "
@@ -262,10 +280,9 @@ def eval_data(tokenizer, run_dir=None, ppl_examples: int = 32, persona_questions
     tokenized = batches.tokenize(validation.select_columns(["messages"]), tokenizer)
     examples = [(list(ex["input_ids"]), list(ex["labels"])) for ex in tokenized]
     items = evaluate.load_eval_set("persona")[:persona_questions] if persona_questions else []
-    stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} - {None, tokenizer.unk_token_id}
     return EvalData(examples=examples, items=items, prompts=[_chat_ids(tokenizer, i["question"]) for i in items],
                     latency_prompt=_chat_ids(tokenizer, "Tell me about tomatoes in a few sentences."),
-                    stop_ids=sorted(stop), max_new_tokens=max_new_tokens, latency_tokens=latency_tokens)
+                    stop_ids=stop_token_ids(tokenizer), max_new_tokens=max_new_tokens, latency_tokens=latency_tokens)
 
 
 def nll(logits, labels) -> tuple[float, int]:

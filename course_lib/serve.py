@@ -169,8 +169,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     @app.post("/generate")
     async def generate(body: GenerateBody):
         request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
-        result = refusal or await _answer(batcher, request, config.timeout_s)
-        result = refusal or _checked(safety, result)
+        result = refusal or _checked(safety, await _answer(batcher, request, config.timeout_s))
         return {"text": result.text, "finish_reason": result.finish_reason, "model": name,
                 "prompt_tokens": len(request.prompt_ids) if request else 0, "completion_tokens": result.completion_tokens}
 
@@ -342,6 +341,15 @@ def load_safety(setting: str):
 # --------------------------------------------------------------------------- in the background
 
 
+def free_port() -> int:
+    """A loopback port the OS says is free right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Server:
     """``python -m course_lib.serve`` started in the background (what notebook 05 does).
 
@@ -351,16 +359,12 @@ class Server:
     """
 
     def __init__(self, model: str = "runs", port: int | None = None, log_file=None, wait_s: float = 300, **options):
-        import socket
         import subprocess
         import sys
 
         from course_lib import paths
 
-        if port is None:  # a free port chosen by the OS, so two notebooks never collide
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
+        port = free_port() if port is None else port  # so two notebooks never collide
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = Path(log_file or paths.run_dir() / "serve" / f"server-{port}.log")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

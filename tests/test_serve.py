@@ -8,7 +8,6 @@ module; a second one runs as the background process notebook 05 starts, to test 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -44,19 +43,13 @@ class WordFilter:
         return Verdict(self.blocked_out not in text.lower(), "word")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ThreadServer:
     """uvicorn in a thread of this process, on a free loopback port."""
 
     def __init__(self, app):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = serve.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
