@@ -44,6 +44,20 @@ def test_notebook_follows_the_contract(path):
         assert any(heading in _src(c) for c in cells if c["cell_type"] == "markdown"), heading
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path, caplog):
+    """`papermill --help-notebook` lists the knobs; a comment with "=" in it hides one and logs a warning."""
+    import logging
+
+    import papermill
+
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        knobs = papermill.inspect_notebook(str(path))
+    assert not [r.getMessage() for r in caplog.records if "Unable to parse" in r.getMessage()], (
+        f"{path.name}: papermill cannot read a line of the parameters cell; keep '=' out of its comments")
+    assert {"MODEL", "RUN_DIR", "SEED", "SMALL_RUN"} <= set(knobs)
+
+
 def _stored(cell) -> str:
     kinds = [o.get("ename", o["output_type"]) if o["output_type"] == "error" else o["output_type"]
              for o in cell.get("outputs", [])]
