@@ -139,8 +139,8 @@ class DistillTrainer(Trainer):
     answers, much slower on a CPU; this is the classic off-policy form on the training data.
     """
 
-    def __init__(self, *args, teacher, alpha: float = 1.0, temperature: float = 1.0, positions: str = "answer",
-                 **kwargs):
+    def __init__(self, *args, teacher, alpha: float, temperature: float, positions: str, **kwargs):
+        # no defaults here: ``compare`` holds the one set of defaults, and train_student passes them on
         super().__init__(*args, **kwargs)
         self.teacher, self.alpha, self.temperature, self.positions = teacher, alpha, temperature, positions
 
@@ -154,8 +154,7 @@ class DistillTrainer(Trainer):
 
 
 def train_student(student, teacher, tokenizer, records, run_dir, *, distill: bool, steps: int, batch_size: int,
-                  learning_rate: float, alpha: float, temperature: float, seed: int,
-                  positions: str = "answer") -> dict:
+                  learning_rate: float, alpha: float, temperature: float, positions: str, seed: int) -> dict:
     """Fine-tune STUDENT on RECORDS (with the teacher's KL when DISTILL); returns loss history and time."""
     from course_lib import continual, paths
 

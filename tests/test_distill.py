@@ -50,7 +50,10 @@ def test_kl_is_zero_for_identical_logits_and_counts_the_chosen_positions():
     other = logits.clone()
     other[0, 3] += 5 * torch.randn(10)  # position 3 predicts answer token 4: counted by both
     assert distill.kl_loss(logits, other, labels, 2.0, "answer").item() > 0.01
+    answer_kl, all_kl = (distill.kl_loss(logits, other, labels, 2.0, p).item() for p in ("answer", "all"))
     other[0, 5] += 50  # the last position predicts nothing: never counted
+    assert distill.kl_loss(logits, other, labels, 2.0, "answer").item() == pytest.approx(answer_kl)
+    assert distill.kl_loss(logits, other, labels, 2.0, "all").item() == pytest.approx(all_kl)
     with pytest.raises(ValueError, match="positions"):
         distill.kl_loss(logits, other, labels, 2.0, "prompt")
 
@@ -66,7 +69,7 @@ def test_distill_trainer_pulls_the_student_towards_the_teacher(teacher, tmp_path
     loss_to_teacher = _kl_to(model, student, tokenizer, records)
     before = loss_to_teacher()
     distill.train_student(student, model, tokenizer, records, tmp_path, distill=True, steps=6, batch_size=8,
-                          learning_rate=3e-3, alpha=1.0, temperature=2.0, seed=0)
+                          learning_rate=3e-3, alpha=1.0, temperature=2.0, positions="answer", seed=0)
     assert loss_to_teacher() < before * 0.8
 
 
