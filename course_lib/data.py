@@ -1148,6 +1148,14 @@ def save_split(train: list[dict], validation: list[dict], folder, report: dict |
     return folder
 
 
+def write_jsonl(path, records: list[dict]) -> Path:
+    """RECORDS as one JSON object per line, written atomically (a half-written file never exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
 def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -3,30 +3,36 @@
 - teacher: the base model with the persona adapter merged into its weights (notebook 02's adapter);
 - student: the same architecture with every other decoder layer removed, initialised from the
   teacher's own weights (the layers it keeps are copied, not random);
-- "student alone": the student fine-tuned on the persona data with the usual next-token loss;
-- "distilled student": the same steps and data, with a KL term pulling the student's token
-  distribution towards the teacher's (Hinton et al., 2015, "Distilling the Knowledge in a
-  Neural Network", arXiv:1503.02531).
+- the setting: only a few questions have a hand-written answer (``labelled``), many more have
+  none (``transfer``), which is where a teacher earns its keep: it can answer them;
+- "student alone": the student fine-tuned on the labelled examples with the usual next-token loss;
+- "distilled student": the same steps on the labelled examples plus the transfer questions with the
+  teacher's greedy answers (sequence-level distillation, Kim and Rush, 2016, arXiv:1606.07947),
+  its loss the usual one mixed with a KL term pulling its token distributions towards the teacher's
+  (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531).
 
-Both students see exactly the same batches for the same steps; only the loss differs.
+Measured on the default model (30 steps of 8, lr 3e-4, alpha 0.5, T 1, KL on the answer tokens),
+persona score of student alone -> distilled student:
+- teacher = notebook 02's adapter (0.825), 24 labelled + 441 transfer questions: seeds 0, 1, 2:
+  0.625 -> 0.750 (notebook A4's default run), 0.550 -> 0.650, 0.500 -> 0.725. With alpha 0 (the
+  teacher's answers, no KL): 0.750, 0.625, 0.775: the gain is in the answers, the KL adds little.
+- the same with 216 transfer questions: 0.625 -> 0.625, 0.550 -> 0.725, 0.500 -> 0.800 (shakier);
+  with 48 labelled examples the lead shrank: 0.675 -> 0.725, 0.600 -> 0.625 (seeds 0, 1).
+- a weak teacher (40-step adapter, 0.675), 24 + 216: 0.800 -> 0.600, 0.625 -> 0.600 (seeds 0, 1):
+  the student copies the teacher's mistakes, while the hand-written answers are right.
 
-Defaults (``compare``): the KL alone (alpha 1), plain distributions (T 1), on the answer tokens,
-learning rate 3e-4; retraining a pruned model on the distillation loss alone follows Muralidharan et
-al., 2024 ("Compact Language Models via Pruning and Knowledge Distillation", arXiv:2407.14679).
-What we measured on the default model, 30 steps of 8, persona score of student alone -> distilled:
-- teacher = notebook 02's current adapter (0.825), these defaults: 0.800 -> 0.775;
-- teacher = an earlier notebook 02 adapter (0.775): seed 0 0.725 -> 0.725, seed 1 0.575 -> 0.675;
-  at lr 1e-4 0.55 -> 0.60 and 0.625 -> 0.65 (alpha 0.5 and T 2 also gave 0.60 at seed 0); with only
-  48 training examples, seed 0: 0.65 -> 0.60;
-- teacher = a 40-step adapter (0.675): 0.775 -> 0.575 and 0.75 -> 0.625 (seeds 0, 1): the student
-  alone, learning the labels the teacher learned from, beat the teacher, and the KL held it back;
-- the KL over every position (the prompt's too) swung from +0.10 to -0.15 between two seeds.
-Distillation can only pass on what the teacher knows beyond the labels the student also has.
+What did not work, and why the design is this one: with every one of the 465 labelled examples
+given to both students, the KL on the same data did not beat the usual loss (notebook 02's adapter
+as teacher: 0.800 alone -> 0.775 distilled; an earlier teacher: +0.10 at one seed, -0.10 at
+another, depending on the KL's positions, alpha, T and learning rate; the weak teacher: 0.775 ->
+0.575). The labels already hold everything the teacher learned from, so its distributions add
+little; its answers to questions nobody labelled are new information.
 """
 
 from __future__ import annotations
 
 import copy
+import random
 import time
 
 import torch
@@ -104,6 +110,38 @@ def loss_on(records, tokenizer):
     return loss
 
 
+def split(records: list[dict], labelled: int, transfer: int, seed: int) -> tuple[list[dict], list[str]]:
+    """LABELLED examples drawn at random, and the questions of TRANSFER others with their answers dropped.
+
+    The dropped answers are what makes this a distillation setting: whoever trains on those
+    questions must get their answers from the teacher.
+    """
+    if labelled < 1 or transfer < 0 or labelled + transfer > len(records):
+        raise ValueError(f"labelled ({labelled}) + transfer ({transfer}) must fit in the {len(records)} "
+                         "persona examples, with at least one labelled")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    questions = [next(m["content"] for m in reversed(records[i]["messages"]) if m["role"] == "user")
+                 for i in order[labelled:labelled + transfer]]
+    return [records[i] for i in order[:labelled]], questions
+
+
+def teacher_answers(teacher, tokenizer, questions: list[str], max_new_tokens: int = 64) -> list[dict]:
+    """The transfer set: each question with the teacher's greedy answer, as a chat example.
+
+    64 new tokens is room enough: the persona answers are 19 tokens on average, the longest 43.
+    """
+    from course_lib import evaluate
+
+    was, teacher.config.use_cache = teacher.config.use_cache, True  # generation reuses past keys and values
+    try:
+        answers = evaluate.generate(teacher, tokenizer, questions, max_new_tokens)
+    finally:
+        teacher.config.use_cache = was  # load_teacher's False: the teacher's forward passes in training need none
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in zip(questions, answers)]
+
+
 def parameters(model) -> int:
     """Stored parameters (tied embedding and output layer counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -135,8 +173,9 @@ class DistillTrainer(Trainer):
     Why a subclass: Trainer gets its loss from the model's own forward pass (cross-entropy on the
     labels); distillation needs a second model's logits on the same batch, and ``compute_loss`` is
     the hook transformers documents for a custom loss. Everything else (optimizer, schedule,
-    batching, logging) stays Trainer's. TRL's GKDTrainer does on-policy distillation with sampled
-    answers, much slower on a CPU; this is the classic off-policy form on the training data.
+    batching, logging) stays Trainer's. TRL's GKDTrainer does on-policy distillation, sampling the
+    student's own answers at every step, much slower on a CPU; here the teacher's answers are
+    generated once, up front (``teacher_answers``), and the KL is taken on the batches as they come.
     """
 
     def __init__(self, *args, teacher, alpha: float, temperature: float, positions: str, **kwargs):
@@ -186,30 +225,46 @@ def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
     return dict(zip(models, (round(t, 2) for t in times)))
 
 
-def compare(adapter_dir, run_dir, *, n_drop: int = 8, steps: int = 40, batch_size: int = 8,
-            learning_rate: float = 3e-4, alpha: float = 1.0, temperature: float = 1.0, positions: str = "answer",
-            seed: int = 0,
-            max_examples: int = 0, eval_limit: int = 0, max_new_tokens: int = 48, latency_tokens: int = 32, teacher=None) -> dict:
+def transfer_data(teacher, tokenizer, run_dir, *, labelled: int = 24, transfer: int = 441, seed: int = 0) -> dict:
+    """The students' data: LABELLED persona examples, and TRANSFER questions the teacher answers.
+
+    24 + 441 = all 465 persona questions. A smaller transfer set was shakier: with 216 questions
+    (24 + 216 = 240, each seen once in 30 steps of 8) seed 0 gave no lead at all (0.625 both).
+    The teacher's answers are saved to RUN_DIR/distill/transfer.jsonl, for you to read.
+    Returns {"labelled", "transfer" (chat examples), "answer_seconds", "file"}.
+    """
+    from course_lib import continual, data, paths
+
+    labelled_records, questions = split(continual.old_data(), labelled, transfer, seed)
+    started = time.perf_counter()
+    transfer_records = teacher_answers(teacher, tokenizer, questions)
+    seconds = round(time.perf_counter() - started, 1)
+    saved = data.write_jsonl(paths.run_dir(run_dir) / "distill" / "transfer.jsonl", transfer_records)
+    return {"labelled": labelled_records, "transfer": transfer_records, "answer_seconds": seconds, "file": saved}
+
+
+def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8, steps: int = 30,
+            batch_size: int = 8, learning_rate: float = 3e-4, alpha: float = 0.5, temperature: float = 1.0,
+            positions: str = "answer", seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48,
+            latency_tokens: int = 32) -> dict:
     """Teacher, student trained alone, distilled student: parameters, persona score, ms/token.
 
-    TEACHER: an already loaded (model, tokenizer) from ``load_teacher``, to skip loading it again.
+    STUDENTS_DATA (``transfer_data``): the student alone learns from its labelled examples; the
+    distilled student from the same ones plus the teacher-answered transfer set, with the KL term
+    (ALPHA) mixed into the usual loss. Same steps, same batch size, same learning rate.
     """
-    import random
+    from course_lib import evaluate
 
-    from course_lib import continual, evaluate
-
-    teacher, tokenizer = teacher or load_teacher(adapter_dir)
-    records = continual.old_data()
-    if max_examples:
-        records = random.Random(seed).sample(records, min(max_examples, len(records)))
-    untrained = make_student(teacher, n_drop)
-    models = {"teacher": teacher, "student_untrained": untrained}
+    models = {"teacher": teacher, "student_untrained": make_student(teacher, n_drop)}
     runs = {}
-    for name, distill in (("student_alone", False), ("student_distilled", True)):
+    labelled = students_data["labelled"]
+    for name, records, distill in (("student_alone", labelled, False),
+                                   ("student_distilled", labelled + students_data["transfer"], True)):
         models[name] = make_student(teacher, n_drop)
         runs[name] = train_student(models[name], teacher, tokenizer, records, run_dir, distill=distill,
                                    steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                                    alpha=alpha, temperature=temperature, positions=positions, seed=seed)
+        runs[name]["examples"] = len(records)
     speed = ms_per_token(models, tokenizer, latency_tokens)
     rows = {}
     for name, model in models.items():
@@ -218,8 +273,7 @@ def compare(adapter_dir, run_dir, *, n_drop: int = 8, steps: int = 40, batch_siz
         rows[name] = {"parameters": parameters(model), "layers": model.config.num_hidden_layers,
                       "persona_score": scored.score, "ms_per_token": speed[name],
                       **{k: v for k, v in runs.get(name, {}).items() if k != "losses"}, "eval": scored}
-    return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models,
-            "tokenizer": tokenizer}
+    return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models}
 
 
 def figures(result: dict) -> dict:
