@@ -1149,7 +1149,7 @@ def save_split(train: list[dict], validation: list[dict], folder, report: dict |
 
 
 def write_jsonl(path, records: list[dict]) -> Path:
-    """RECORDS as one JSON object per line, written atomically (a half-written file never exists)."""
+    """RECORDS as one JSON object per line, written atomically (PATH never holds half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -15,7 +15,8 @@ Measured on the default model (30 steps of 8, lr 3e-4, alpha 0.5, T 1, KL on the
 persona score of student alone -> distilled student:
 - teacher = notebook 02's adapter (0.825), 24 labelled + 441 transfer questions: seeds 0, 1, 2:
   0.625 -> 0.750 (notebook A4's default run), 0.550 -> 0.650, 0.500 -> 0.725. With alpha 0 (the
-  teacher's answers, no KL): 0.750, 0.625, 0.775: the gain is in the answers, the KL adds little.
+  teacher's answers, no KL): 0.750, 0.625, 0.775: the gain is in the answers; the KL added nothing
+  we could measure.
 - the same with 216 transfer questions: 0.625 -> 0.625, 0.550 -> 0.725, 0.500 -> 0.800 (shakier);
   with 48 labelled examples the lead shrank: 0.675 -> 0.725, 0.600 -> 0.625 (seeds 0, 1).
 - a weak teacher (40-step adapter, 0.675), 24 + 216: 0.800 -> 0.600, 0.625 -> 0.600 (seeds 0, 1):
@@ -23,10 +24,12 @@ persona score of student alone -> distilled student:
 
 What did not work, and why the design is this one: with every one of the 465 labelled examples
 given to both students, the KL on the same data did not beat the usual loss (notebook 02's adapter
-as teacher: 0.800 alone -> 0.775 distilled; an earlier teacher: +0.10 at one seed, -0.10 at
+as teacher, the KL alone (alpha 1): 0.800 alone -> 0.775 distilled; an earlier teacher: +0.10 at one seed, -0.10 at
 another, depending on the KL's positions, alpha, T and learning rate; the weak teacher: 0.775 ->
 0.575). The labels already hold everything the teacher learned from, so its distributions add
-little; its answers to questions nobody labelled are new information.
+little. Its answers to the transfer questions are new to the student: the teacher learned from
+more answers than the student is given (notebook 02 trained it on 240 persona examples, many of
+them the same questions), and it answers the rest in the same voice.
 """
 
 from __future__ import annotations
@@ -129,15 +132,12 @@ def split(records: list[dict], labelled: int, transfer: int, seed: int) -> tuple
 def teacher_answers(teacher, tokenizer, questions: list[str], max_new_tokens: int = 64) -> list[dict]:
     """The transfer set: each question with the teacher's greedy answer, as a chat example.
 
-    64 new tokens is room enough: the persona answers are 19 tokens on average, the longest 43.
+    64 new tokens is room enough: the hand-written persona answers are 26 tokens on average (the
+    longest 46), and notebook 02's teacher answers more briefly (19 on average, the longest 43).
     """
     from course_lib import evaluate
 
-    was, teacher.config.use_cache = teacher.config.use_cache, True  # generation reuses past keys and values
-    try:
-        answers = evaluate.generate(teacher, tokenizer, questions, max_new_tokens)
-    finally:
-        teacher.config.use_cache = was  # load_teacher's False: the teacher's forward passes in training need none
+    answers = evaluate.generate(teacher, tokenizer, questions, max_new_tokens) if questions else []
     return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             for q, a in zip(questions, answers)]
 
@@ -219,8 +219,7 @@ def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about tomatoes."}],
                                            add_generation_prompt=True, tokenize=True, return_dict=False)
     prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
-    for model in models.values():
-        model.config.use_cache = True
+    # TorchRunner asks generate for the KV cache itself: the teacher's config keeps use_cache False
     times = quantize.ms_per_token([quantize.TorchRunner(m) for m in models.values()], prompt, tokens)
     return dict(zip(models, (round(t, 2) for t in times)))
 

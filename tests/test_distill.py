@@ -58,15 +58,23 @@ def test_kl_is_zero_for_identical_logits_and_counts_the_chosen_positions():
         distill.kl_loss(logits, other, labels, 2.0, "prompt")
 
 
+def _chat(i: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+
+
 def test_split_keeps_some_answers_and_drops_the_others():
-    records = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-               for i in range(10)]
+    records = [_chat(i) for i in range(10)]
     labelled, questions = distill.split(records, 3, 5, seed=0)
     assert len(labelled) == 3 and len(questions) == 5
-    assert not {r["messages"][0]["content"] for r in labelled} & set(questions)  # no question in both
+    labelled_questions = {r["messages"][0]["content"] for r in labelled}
+    assert not labelled_questions & set(questions)  # no question in both
+    assert set(questions) <= {f"q{i}" for i in range(10)}  # the user's words, with the answer gone
     assert (labelled, questions) == distill.split(records, 3, 5, seed=0)  # the seed decides
     assert distill.split(records, 3, 5, seed=1) != (labelled, questions)
-    assert len(records) == 10 and records[0]["messages"][1]["content"] == "a0"  # the caller's data untouched
+    assert distill.split(records, 10, 0, seed=0)[1] == []  # every answer written: nothing to transfer
+    multi_turn = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                               {"role": "user", "content": "and now?"}, {"role": "assistant", "content": "x"}]}
+    assert distill.split([_chat(0), multi_turn], 1, 1, seed=0)[1][0] in ("q0", "and now?")  # the last question
     with pytest.raises(ValueError, match="must fit in the 10"):
         distill.split(records, 6, 5, seed=0)
     with pytest.raises(ValueError, match="at least one labelled"):
@@ -74,19 +82,30 @@ def test_split_keeps_some_answers_and_drops_the_others():
 
 
 def test_transfer_data_saves_the_teachers_answers(teacher, tmp_path):
+    from course_lib import continual
+    from course_lib import data as data_module
+
     model, tokenizer = teacher
-    model.config.use_cache = False  # as load_teacher leaves it
     data = distill.transfer_data(model, tokenizer, tmp_path, labelled=2, transfer=3, seed=0)
     assert len(data["labelled"]) == 2 and len(data["transfer"]) == 3
     assert data["file"] == tmp_path / "distill" / "transfer.jsonl"
-    from course_lib import data as data_module
-
-    saved = data_module.read_jsonl(data["file"])
-    assert saved == data["transfer"]
-    for record in saved:
+    assert data_module.read_jsonl(data["file"]) == data["transfer"]
+    for record, answered in zip(data["transfer"], distill.split(continual.old_data(), 2, 3, seed=0)[1]):
         user, assistant = record["messages"]
-        assert user["role"] == "user" and assistant["role"] == "assistant"
-    assert model.config.use_cache is False  # switched on to answer, and back off
+        assert user == {"role": "user", "content": answered} and assistant["role"] == "assistant"
+    # notebook A4's Exercise 5 (every answer written): an empty transfer set, saved as an empty file
+    empty = distill.transfer_data(model, tokenizer, tmp_path, labelled=2, transfer=0, seed=0)
+    assert empty["transfer"] == [] and data_module.read_jsonl(empty["file"]) == []
+
+
+def test_write_jsonl_round_trips_and_leaves_no_temporary_file(tmp_path):
+    from course_lib import data
+
+    records = [{"messages": [{"role": "user", "content": "番茄怎么种？"}]}, {"n": 1}]
+    path = data.write_jsonl(tmp_path / "sub" / "out.jsonl", records)
+    assert data.read_jsonl(path) == records
+    assert "番茄" in path.read_text(encoding="utf-8")  # readable, not \\u-escaped
+    assert [p.name for p in path.parent.iterdir()] == ["out.jsonl"]
 
 
 @pytest.mark.slow
@@ -145,6 +164,7 @@ def test_distilled_student_beats_the_student_alone_on_the_default_model(tmp_path
     0.675) made a worse student than the labels alone (0.600 against 0.800, seed 0).
     One seed is a question or two of noise, so two seeds (other labelled examples, other transfer
     questions, other batch order): the distilled student must lead at both.
+    Last run (2026-11-23, 12.5 min on 2 cores): seed 0 alone 0.625, distilled 0.750; seed 1 0.550, 0.650.
     """
     from course_lib import evaluate, train
 
