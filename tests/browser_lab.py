@@ -176,6 +176,18 @@ def open_notebook(page, lab: Lab, relative: str, timeout_ms: int):
     page.wait_for_function(_js(_KERNEL_READY), arg=0, timeout=timeout_ms, polling=500)
 
 
+def wait_for_kernel_sync(page, timeout_ms: int = 30_000):
+    """Wait until the widgets' last moves have reached the kernel, as a learner's pause would.
+
+    ipywidgets throttles each control's updates: while the kernel handles one, the newest value is
+    held back and sent when the kernel reports idle. A button's click goes out at once. Playwright
+    clicks a millisecond after its last key press, so without this pause the kernel could run with
+    a slider's previous value (seen once in CI: 3 steps trained while the slider showed 4).
+    """
+    page.wait_for_timeout(500)  # the held-back value leaves when the previous one is acknowledged
+    page.wait_for_function(_js(_KERNEL_READY), arg=0, timeout=timeout_ms, polling=100)
+
+
 def run_up_to(page, index: int, timeout_ms: int):
     """Run every cell above cell INDEX ("Run All Above Selected Cell"), then cell INDEX itself.
 

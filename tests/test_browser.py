@@ -21,6 +21,7 @@ from browser_lab import (
     prepare_notebook,
     run_up_to,
     screenshot,
+    wait_for_kernel_sync,
 )
 from playwright.sync_api import expect
 
@@ -122,6 +123,7 @@ def test_lora_panel_trains_with_the_chosen_rank_and_learning_rate(page, lab, ui_
     assert readout(lr) != "4.0e-3", "the learning-rate slider did not move"
     chosen_lr = float(readout(lr))
 
+    wait_for_kernel_sync(page)
     panel.locator(".course-run-button").click()
     output = panel.locator(".course-output")
     # Training shows its own progress table first; the before/after answers (a DataFrame) come last.
