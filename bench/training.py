@@ -53,13 +53,13 @@ def _config(args):
 
 
 def _course(args) -> dict:
-    from course_lib import models, train
+    from course_lib import models, runs, train
 
     cfg = _config(args)
     result = train.train(cfg, run_dir=args.run_dir)
     tokenizer = models.load_tokenizer(args.model)
     train_tok, val_tok, _ = train.build_datasets(cfg, tokenizer, Path(args.run_dir))
-    trained, _ = train.load_trained(result.adapter_dir)
+    trained, _ = runs.load(result.adapter_dir)
     config = trained.config
     return {"seconds": result.train_seconds, "tokens": sum(train_tok["length"]),
             "trained_tokens": sum(sum(l != -100 for l in labels[1:]) for labels in train_tok["labels"]),

@@ -14,10 +14,8 @@ questions (what it may have forgotten) and on the new-facts questions (what it l
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from pathlib import Path
 
 STRATEGIES = ("new_only", "replay", "new_adapter", "freeze_lower")
 PERSONA, NEW = "persona", "new_facts"  # the two adapters' names in the multi-adapter model
@@ -84,16 +82,9 @@ def fit(model, tokenizer, records: list[dict], *, steps: int, batch_size: int, l
 
 def load_persona(adapter_dir):
     """Base model + the persona adapter (named "persona"), trainable -> (model, tokenizer)."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
+    from course_lib import runs
 
-    from course_lib import models
-
-    cfg = json.loads((Path(adapter_dir) / "course_train.json").read_text())
-    base, _ = models.load(cfg["model"])
-    base.config.use_cache = False
-    model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=PERSONA, is_trainable=True)
-    return model, AutoTokenizer.from_pretrained(adapter_dir)
+    return runs.load(adapter_dir, trainable=True, full_precision=True, adapter_name=PERSONA)
 
 
 def add_second_adapter(model) -> None:

@@ -1251,7 +1251,7 @@ def cleaning_panel(records: list[dict], tokenizer, max_tokens: int = 512, near_d
     import ipywidgets as widgets
     from IPython.display import display
 
-    from course_lib.widgets import panel
+    from course_lib.ui import panel
 
     controls = {
         "max_tokens": widgets.IntSlider(value=max_tokens, min=64, max=1024, step=32, description="max tokens",

@@ -214,13 +214,13 @@ def train_student(student, teacher, tokenizer, records, run_dir, *, distill: boo
 
 def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
     """Greedy decoding speed of each model, timed side by side (quantize.ms_per_token's method)."""
-    from course_lib import quantize
+    from course_lib import quantize, runtimes
 
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about tomatoes."}],
                                            add_generation_prompt=True, tokenize=True, return_dict=False)
     prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
     # TorchRunner asks generate for the KV cache itself: the teacher's config keeps use_cache False
-    times = quantize.ms_per_token([quantize.TorchRunner(m) for m in models.values()], prompt, tokens)
+    times = quantize.ms_per_token([runtimes.TorchRunner(m) for m in models.values()], prompt, tokens)
     return dict(zip(models, (round(t, 2) for t in times)))
 
 

@@ -22,7 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib.quantize import find_adapter, stop_token_ids
+from course_lib import runs, runtimes
+from course_lib.models import stop_token_ids
 
 
 @dataclass
@@ -178,8 +179,8 @@ def describe_artifact(spec: str) -> tuple[str, Path | None]:
         if path.suffix not in kinds:
             raise ValueError(f"--model {spec}: a file must be a .gguf or .onnx model.")
         return kinds[path.suffix], path
-    if (path / "course_train.json").exists():
-        method = json.loads((path / "course_train.json").read_text()).get("method")
+    if (path / runs.TRAIN_FILE).exists():
+        method = runs.read_config(path).get("method")
         return ("full" if method == "full" else "adapter"), path
     if (path / "model.onnx").exists():
         return "onnx", path / "model.onnx"
@@ -193,8 +194,8 @@ def describe_artifact(spec: str) -> tuple[str, Path | None]:
 
 
 def persona_adapter(run_dir: Path) -> Path:
-    """The model notebook 02 trained in RUN_DIR (the folders ``quantize.ensure_adapter`` looks in)."""
-    if folder := find_adapter(run_dir):
+    """The model notebook 02 trained in RUN_DIR (the folders ``train.ensure_adapter`` looks in)."""
+    if folder := runs.find_adapter(run_dir):
         return folder
     raise FileNotFoundError(f"{run_dir} holds no trained adapter: run notebook 02 first, or pass a preset.")
 
@@ -213,18 +214,18 @@ def _tokenizer_near(path: Path):
 
 def load_engine(spec: str, threads: int | None = None):
     """Load SPEC (preset, hub id, run directory, adapter, merged/quantized folder, .onnx, .gguf)."""
-    from course_lib import models, quantize, train
+    from course_lib import models
 
     kind, path = describe_artifact(spec)
     if kind == "run":
         kind, path = "adapter", persona_adapter(path)
     info = {"source": spec, "kind": kind}
     if kind in ("onnx", "gguf"):
-        runner = quantize.OnnxRunner(path, threads) if kind == "onnx" else quantize.LlamaCppRunner(path, threads=threads)
+        runner = runtimes.OnnxRunner(path, threads) if kind == "onnx" else runtimes.LlamaCppRunner(path, threads=threads)
         return RunnerEngine(runner, _tokenizer_near(path), info | {"path": str(path)})
     if kind in ("adapter", "full"):
-        model, tokenizer = train.load_trained(path)
-        info |= {"path": str(path), "trained": json.loads((path / "course_train.json").read_text())}
+        model, tokenizer = runs.load(path)
+        info |= {"path": str(path), "trained": runs.read_config(path)}
     elif kind == "merged":
         model, tokenizer = _load_folder(path)
         info |= {"path": str(path)}

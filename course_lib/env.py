@@ -13,7 +13,6 @@ CPU-only laptop, a CUDA box or an Apple-silicon Mac.
 
 from __future__ import annotations
 
-import html
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from course_lib import versions
+from course_lib import ui, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -403,68 +402,17 @@ def counts(checks: list[Check]) -> dict[str, int]:
 _COLORS = {"ok": "#1a7f37", "warning": "#9a6700", "problem": "#cf222e"}
 
 
-class Table:
-    """Rows of dicts shown as an HTML table in Jupyter and as aligned text anywhere else."""
-
-    def __init__(self, rows: list[dict], columns: list[str] | None = None, title: str = "", colors: dict | None = None):
-        self.rows = [dict(r) for r in rows]
-        self.columns = columns or list(dict.fromkeys(k for r in self.rows for k in r))
-        self.title = title
-        self.colors = colors or {}  # column -> {value: css color}
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        body = []
-        for row in self.rows:
-            cells = []
-            for column in self.columns:
-                value = str(row.get(column, ""))
-                color = self.colors.get(column, {}).get(value)
-                style = f" style='color:{color};font-weight:bold;text-align:left'" if color else " style='text-align:left'"
-                cells.append(f"<td{style}>{html.escape(value)}</td>")
-            body.append("<tr>" + "".join(cells) + "</tr>")
-        caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-    def __str__(self) -> str:
-        widths = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in self.rows)) if self.rows else len(str(c))
-                  for c in self.columns}
-        lines = [self.title] if self.title else []
-        lines.append("  ".join(str(c).ljust(widths[c]) for c in self.columns))
-        lines.append("  ".join("-" * widths[c] for c in self.columns))
-        lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in self.columns) for r in self.rows]
-        return "\n".join(line.rstrip() for line in lines)
-
-    __repr__ = __str__
-
-
-def render(checks: list[Check]) -> Table:
+def render(checks: list[Check]) -> ui.Table:
     """The report as a Table: colored verdicts in Jupyter, aligned text in a terminal or a log."""
     n = counts(checks)
     title = f"Environment: {n['ok']} ok, {n['warning']} warning(s), {n['problem']} problem(s)"
-    return Table([asdict(c) for c in checks], ["item", "value", "verdict", "advice"], title,
+    return ui.Table([asdict(c) for c in checks], ["item", "value", "verdict", "advice"], title,
                  colors={"verdict": _COLORS})
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        return shell is not None and "IPKernelApp" in shell.config
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def show(table_or_checks) -> None:
     """Display a Table (or a list of Checks) as HTML in Jupyter, or print it as text."""
-    table = render(table_or_checks) if isinstance(table_or_checks, list) else table_or_checks
-    if _in_notebook():
-        from IPython.display import display
-
-        display(table)
-    else:
-        print(table)
+    ui.show(render(table_or_checks) if isinstance(table_or_checks, list) else table_or_checks)
 
 
 def main() -> int:

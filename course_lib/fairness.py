@@ -376,20 +376,17 @@ def fine_tune(adapter_dir, run_dir, probes: Probes, fairness_lambda: float, step
     """Continue training the persona adapter on persona data + counterfactual pairs, with the penalty.
 
     ``fairness_lambda=0`` is the control: the same data and steps, no penalty. The result is saved
-    to RUN_DIR/fairness/<name> as a normal course adapter (``train.load_trained`` reloads it).
+    to RUN_DIR/fairness/<name> as a normal course adapter (``runs.load`` reloads it).
     """
     from datasets import Dataset, concatenate_datasets
-    from peft import PeftModel
     from transformers import set_seed
 
-    from course_lib import batches, data, models, train
+    from course_lib import batches, data, models, runs, train
 
-    cfg_file = json.loads((Path(adapter_dir) / "course_train.json").read_text())
+    cfg_file = runs.read_config(adapter_dir)
     set_seed(seed)
     run_dir = paths.run_dir(run_dir)
-    base, tokenizer = models.load(cfg_file["model"])
-    base.config.use_cache = False
-    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    model, tokenizer = runs.load(adapter_dir, trainable=True, full_precision=True)
     persona = data.load_split(data.ensure_dataset(run_dir))["train"].select_columns(["messages"])
     mix = concatenate_datasets([persona, Dataset.from_list(counterfactual_examples(probes, "train"))])
     tokenized = batches.tokenize(mix, tokenizer).shuffle(seed=seed)

@@ -35,6 +35,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from course_lib import procmem
+
 MB = 2**20
 GB = 1024 * MB
 METHODS = ("full", "lora", "qlora")
@@ -426,42 +428,6 @@ def available_memory_mb(device: str = "auto") -> float:
 # --------------------------------------------------------------------------- measuring
 
 
-def rss_now() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def reset_peak() -> bool:
-    """Reset Linux's high-water mark of resident memory (VmHWM), so the peak starts from now."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> tuple[int, str]:
-    """The process's peak resident memory in bytes and where it came from."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "VmHWM"
-    except OSError:
-        pass
-    import psutil
-
-    info = psutil.Process().memory_info()
-    if hasattr(info, "peak_wset"):  # Windows
-        return info.peak_wset, "peak_wset"
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak if sys.platform == "darwin" else peak * 1024), "ru_maxrss"  # bytes on macOS, KB on Linux
-
-
 def release_checkpoint_file(model) -> None:
     """See ``models.release_checkpoint_file`` (kept here for the planner's measurement)."""
     from course_lib import models
@@ -490,8 +456,8 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
     device = models.pick_device(device)
     models.model_location(model)  # builds the offline default's cache first, if needed
     gc.collect()
-    baseline = rss_now()
-    reset = reset_peak()
+    baseline = procmem.rss_now()
+    reset = procmem.reset_peak()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -504,7 +470,7 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
     def peak_mb() -> float:
         if device == "cuda":
             return torch.cuda.max_memory_allocated() / MB
-        return (peak_rss()[0] - baseline) / MB
+        return (procmem.peak_rss()[0] - baseline) / MB
 
     load_peak = peak_mb()
     net.train()
@@ -531,7 +497,7 @@ def measure_here(model: str = "smollm2-135m", method: str = "lora", seq_len: int
         "gradient_checkpointing": gradient_checkpointing, "device": device,
         "baseline_mb": round(baseline / MB, 1), "load_peak_mb": round(load_peak, 1),
         "peak_mb": round(peak_mb(), 1), "step_peaks_mb": step_peaks,
-        "source": "torch.cuda.max_memory_allocated" if device == "cuda" else peak_rss()[1] + ("" if reset else " (not reset)"),
+        "source": "torch.cuda.max_memory_allocated" if device == "cuda" else procmem.peak_rss()[1] + ("" if reset else " (not reset)"),
         "trainable": trainable, "parameters": total, "losses": losses,
         "load_seconds": round(load_seconds, 1), "seconds": round(time.perf_counter() - started, 1),
     }
@@ -599,7 +565,7 @@ def compare(model: str = "smollm2-135m", methods=METHODS, seq_len: int = 256, ba
 
 def compare_table(rows: list[dict]):
     """``compare``'s rows as a table: method, estimate, measured, ratio, seconds."""
-    from course_lib.env import Table
+    from course_lib.ui import Table
 
     first = rows[0]["measurement"] if rows else {}
     together = " (measured side by side)" if rows and rows[0].get("parallel") else ""

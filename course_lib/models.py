@@ -308,6 +308,12 @@ def release_checkpoint_file(model) -> None:
 
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """End of sequence and end of turn (ChatML's <|im_end|>): either one ends an answer."""
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
 
@@ -341,6 +347,11 @@ def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 
 
 # --------------------------------------------------------------------------- info
+
+
+def small_model(run_dir=None) -> str:
+    """The tiny random-weight model notebooks' small runs (CI) use instead of the real one, in RUN_DIR."""
+    return str(build_tiny_model(paths.run_dir(run_dir) / "models" / "tiny-llama"))
 
 
 def info(name: str) -> dict:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from course_lib import versions
+from course_lib import procmem, runs, ui, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -112,26 +112,6 @@ def layer_group(name: str, num_layers: int, groups: int = 3) -> str:
     size = math.ceil(num_layers / groups)
     start = int(match.group(1)) // size * size
     return f"layers {start}-{min(start + size, num_layers) - 1}"
-
-
-def _memory_mb() -> float:
-    """On a GPU, what PyTorch holds for tensors; on a CPU, the whole process's resident memory."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.memory_allocated() / 2**20
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _in_jupyter() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return get_ipython() is not None and hasattr(get_ipython(), "kernel")
-    except ImportError:
-        return False
 
 
 # =========================================================================== the callback
@@ -255,7 +235,7 @@ class Monitor(TrainerCallback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._display is None and _in_jupyter() and self.records:
+        if self._display is None and ui.in_jupyter() and self.records:
             show(self.figure())
 
     # ---------------------------------------------------------------- recording
@@ -264,7 +244,7 @@ class Monitor(TrainerCallback):
         grad = logs.get("grad_norm", float("nan"))
         record = {"step": step, "loss": logs["loss"], "grad_norm": grad,
                   "learning_rate": logs.get("learning_rate", float("nan")),
-                  "tokens_per_s": getattr(self, "_step_speed", float("nan")), "memory_mb": _memory_mb(),
+                  "tokens_per_s": getattr(self, "_step_speed", float("nan")), "memory_mb": procmem.memory_mb(),
                   "seconds": time.perf_counter() - self._started,
                   "grad_norm_groups": self._group_norms(grad)}
         self.records.append(record)
@@ -416,9 +396,7 @@ class Monitor(TrainerCallback):
             self._writer.add_scalar(f"grad_norm/{group.replace(' ', '_')}", norm, record["step"])
 
     def _live(self) -> bool:
-        from course_lib.widgets import headless
-
-        return (self.live if self.live is not None else True) and _in_jupyter() and not headless()
+        return (self.live if self.live is not None else True) and ui.in_jupyter() and not ui.headless()
 
     def _refresh(self, force: bool = False) -> None:
         """Redraw the live figure (at most every half second: drawing costs time too)."""
@@ -758,9 +736,8 @@ def run(name: str, run_dir=None, *, eval_every: int = 0, baseline: bool = True, 
 
 def _generation_before_after(adapter_dir, run_dir, limit: int) -> dict:
     """Generation metrics of the trained model and, for an adapter, of the base model (adapter off)."""
-    from course_lib import train
 
-    model, tokenizer = train.load_trained(adapter_dir)
+    model, tokenizer = runs.load(adapter_dir)
     after = generation_metrics(model, tokenizer, run_dir, limit=limit, max_new_tokens=32)
     out = {k: after[k] for k in ("persona_score", "rouge_l", "bleu")}
     if hasattr(model, "disable_adapter"):
@@ -912,7 +889,6 @@ def monitor_panel(run_dir=None, *, learning_rate: float = 2e-3, max_steps: int =
     """
     import ipywidgets as widgets
 
-    from course_lib.widgets import panel
 
     controls = {
         "plots": widgets.SelectMultiple(options=PLOTS, value=tuple(plots), description="plot", rows=len(PLOTS)),
@@ -928,4 +904,4 @@ def monitor_panel(run_dir=None, *, learning_rate: float = 2e-3, max_steps: int =
         print(finished.advice())
         return finished
 
-    return panel(go, controls, button="Train")
+    return ui.panel(go, controls, button="Train")

@@ -20,10 +20,8 @@ while a notebook runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import logging
 import math
 import os
 import shutil
@@ -32,11 +30,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib import paths, versions
+from course_lib import models, paths, runs, runtimes, train, versions
+from course_lib.models import stop_token_ids
+from course_lib.runtimes import LlamaCppRunner, OnnxRunner, TorchRunner, llama_cpp_available
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -51,28 +50,6 @@ REFERENCE_EXAMPLES = 4  # validation examples whose logits every variant is comp
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the warnings these conversions print on every call, so real problems stand out.
-
-    torch.ao's deprecation notice (torchao is its successor), the ONNX tracer's notes about Python
-    branches it froze (checked by the parity test instead), and bitsandbytes' "inputs will be cast
-    to float16" (LLM.int8 computes in fp16: that is the method, not a problem).
-    """
-    from transformers.utils import logging as hf_logging
-
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars, once per variant
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def weight_files_bytes(path) -> int:
@@ -119,58 +96,6 @@ def _free(*objects) -> None:
 # --------------------------------------------------------------------------- 1. the adapter and the merge
 
 
-# Where a run directory keeps a trained persona model: notebook 02's LoRA, its QLoRA, then the
-# short fallback ensure_adapter trains. Notebooks 03-05 and the server look in this order.
-ADAPTER_FOLDERS = (("train", "lora", "final"), ("train", "qlora", "final"), ("quantize", "adapter", "final"))
-
-
-def _adapter_for(folder: Path, model_name: str | None) -> bool:
-    meta = folder / "course_train.json"
-    if not meta.exists():
-        return False
-    cfg = json.loads(meta.read_text())
-    return model_name in (None, cfg.get("model")) and cfg.get("method") in ("lora", "qlora", "full")
-
-
-def find_adapter(run_dir, model_name: str | None = None) -> Path | None:
-    """The first trained model of ADAPTER_FOLDERS in RUN_DIR (trained on MODEL_NAME, if given), or None."""
-    for parts in ADAPTER_FOLDERS:
-        folder = Path(run_dir).joinpath(*parts)
-        if _adapter_for(folder, model_name):
-            return folder
-    return None
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """End of sequence and end of turn (ChatML's <|im_end|>): either one ends an answer."""
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
-
-
-def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 48,
-                   learning_rate: float = 3e-3, batch_size: int = 4, **train_overrides) -> Path:
-    """The trained adapter notebook 02 saved (RUN_DIR/train/lora/final), or a short one trained now.
-
-    A notebook must run on its own: without notebook 02's adapter (or with one trained on another
-    model) this trains a quick LoRA (q_proj, v_proj) into RUN_DIR/quantize/adapter, leaving 02's
-    folder alone.
-    """
-    run_dir = paths.run_dir(run_dir)
-    if folder := find_adapter(run_dir, model_name):
-        print(f"Using the trained adapter in {folder}.")
-        return folder
-    from course_lib import train
-
-    print(f"No trained adapter for {model_name} in {run_dir / 'train'}: training a short LoRA now "
-          f"({steps} steps of {batch_size} examples at learning rate {learning_rate}, a couple of minutes on a laptop CPU) so "
-          f"this notebook runs on its own. Notebook 02's longer run gives a stronger persona.")
-    settings = dict(model=model_name, method="lora", target_modules="q_proj,v_proj", max_steps=steps,
-                    learning_rate=learning_rate, batch_size=batch_size, logging_steps=max(1, steps // 4),
-                    output_dir=str(run_dir / "quantize" / "adapter"))
-    result = train.train(run_dir=run_dir, **{**settings, **train_overrides})
-    return result.adapter_dir
-
-
 @dataclass
 class MergeResult:
     folder: Path
@@ -191,25 +116,15 @@ class MergeResult:
 
 
 def load_unmerged(adapter_dir, dtype="float32"):
-    """Base model (full precision, even for a QLoRA adapter) + adapter on the side -> (model, tokenizer)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from course_lib import models
-
-    adapter_dir = Path(adapter_dir)
-    cfg = json.loads((adapter_dir / "course_train.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    if cfg["method"] == "full":
-        model = AutoModelForCausalLM.from_pretrained(adapter_dir, dtype=models.pick_dtype("cpu", dtype))
-        return model.eval(), tokenizer, cfg
-    if cfg["method"] not in ("lora", "qlora"):
+    """Base model (full precision, even for a QLoRA adapter) + adapter on the side -> (model, tokenizer, cfg)."""
+    cfg = runs.read_config(adapter_dir)
+    if cfg["method"] not in ("lora", "qlora", "full"):
         raise ValueError(f"{adapter_dir}: a {cfg['method']} adapter cannot be merged into the weights "
                          "(prompt tuning adds virtual tokens, not weight updates); train LoRA or QLoRA.")
     # A QLoRA adapter was trained against 4-bit weights; we merge it into the full-precision ones
     # (merging into 4-bit weights would round the update away), as a deployment pipeline does.
-    base, _ = models.load(cfg["model"], device="cpu", dtype=dtype)
-    return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer, cfg
+    model, tokenizer = runs.load(adapter_dir, device="cpu", dtype=dtype, full_precision=True)
+    return model, tokenizer, cfg
 
 
 def merge(adapter_dir, out_dir, data: EvalData | None = None, examples: int = 16) -> MergeResult:
@@ -219,7 +134,7 @@ def merge(adapter_dir, out_dir, data: EvalData | None = None, examples: int = 16
     them): merging is exact algebra (W + B·A·alpha/r), so the ratio must be 1.000 up to rounding.
     """
     started = time.perf_counter()
-    with _quiet():
+    with runtimes.quiet():
         model, tokenizer, cfg = load_unmerged(adapter_dir)
     if data is None:
         data = eval_data(tokenizer, ppl_examples=examples, persona_questions=0)
@@ -232,7 +147,7 @@ def merge(adapter_dir, out_dir, data: EvalData | None = None, examples: int = 16
     out = Path(out_dir)
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    with _quiet():
+    with runtimes.quiet():
         merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "course_merge.json").write_text(json.dumps(
@@ -341,158 +256,6 @@ def ms_per_token(runners, prompt: list[int], tokens: int = 32, rounds: int = 1) 
     return result
 
 
-# --------------------------------------------------------------------------- 3. runtimes
-
-
-class TorchRunner:
-    """A transformers model (any of the PyTorch variants) behind the interface every runtime shares."""
-
-    runtime = "PyTorch"
-
-    def __init__(self, model, tokenizer=None):
-        self.model, self.tokenizer = model.eval(), tokenizer
-
-    def logits(self, ids):
-        import torch
-
-        with torch.no_grad(), _quiet():
-            out = self.model(input_ids=torch.tensor([ids], device=self.model.device), use_cache=False)
-        return out.logits[0].float().cpu().numpy()
-
-    def greedy(self, ids, max_new_tokens, stop_ids=()):
-        import torch
-
-        with torch.no_grad(), _quiet():
-            out = self.model.generate(
-                input_ids=torch.tensor([ids], device=self.model.device), max_new_tokens=max_new_tokens,
-                min_new_tokens=0 if stop_ids else max_new_tokens, do_sample=False, use_cache=True,
-                eos_token_id=list(stop_ids) or None, pad_token_id=(list(stop_ids) or [0])[0],
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device))
-        return out[0, len(ids):].tolist()
-
-    def answers(self, tokenizer, data: EvalData) -> list[str]:
-        from course_lib import evaluate
-
-        with _quiet():  # batched with left padding, exactly as notebooks 02-03 score the persona
-            return evaluate.generate(self.model, tokenizer, [i["question"] for i in data.items],
-                                     data.max_new_tokens, progress=False)
-
-    def close(self):
-        self.model = None
-
-
-class OnnxRunner:
-    """An exported ONNX graph run by ONNX Runtime, with its own greedy loop over the KV cache."""
-
-    runtime = "ONNX Runtime"
-
-    def __init__(self, path, threads: int | None = None):
-        import onnxruntime as ort
-        import torch
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past.")]
-        shape = next(i.shape for i in self.session.get_inputs() if i.name.startswith("past."))
-        self.kv_heads, self.head_dim = shape[1], shape[3]
-
-    def _run(self, ids, past):
-        import numpy as np
-
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), **dict(zip(self.past_names, past))}
-        logits, *present = self.session.run(None, feeds)
-        return logits[0], present
-
-    def _empty(self):
-        import numpy as np
-
-        return [np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32) for _ in self.past_names]
-
-    def logits(self, ids):
-        return self._run(ids, self._empty())[0]
-
-    def greedy(self, ids, max_new_tokens, stop_ids=()):
-        return list(self.stream(ids, max_new_tokens, stop_ids))
-
-    def stream(self, ids, max_new_tokens, stop_ids=()):
-        """Greedy tokens one at a time (the server streams them as they come)."""
-        logits, past = self._run(ids, self._empty())
-        for produced in range(1, max_new_tokens + 1):
-            token = int(logits[-1].argmax())
-            yield token
-            if token in stop_ids or produced == max_new_tokens:
-                return
-            logits, past = self._run([token], past)
-
-    def answers(self, tokenizer, data: EvalData) -> list[str]:
-        return [tokenizer.decode(self.greedy(p, data.max_new_tokens, data.stop_ids), skip_special_tokens=True).strip()
-                for p in data.prompts]
-
-    def close(self):
-        self.session = None
-
-
-def llama_cpp_available() -> str | None:
-    """None if llama-cpp-python imports, else one sentence saying why not."""
-    try:
-        import llama_cpp  # noqa: F401
-    except Exception as error:  # ImportError, or a shared library that fails to load
-        return (f"llama-cpp-python is not installed ({type(error).__name__}), so the GGUF file is written but not "
-                "run: `pip install llama-cpp-python` (it compiles llama.cpp, ~6 min on 2 cores) to run it.")
-    return None
-
-
-class LlamaCppRunner:
-    """A GGUF file run by llama.cpp (through llama-cpp-python): the runtime of Ollama and LM Studio.
-
-    Token ids come from the transformers tokenizer, so both runtimes see exactly the same input.
-    """
-
-    runtime = "llama.cpp"
-
-    def __init__(self, path, n_ctx: int = 1024, threads: int | None = None):
-        import torch
-        from llama_cpp import Llama
-
-        threads = threads or torch.get_num_threads()
-        # n_threads_batch too: by default llama-cpp-python processes prompts with one thread per core,
-        # and on a busy machine its spinning threads made an 80-token prompt take 15 s instead of 0.3 s.
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
-                         n_threads=threads, n_threads_batch=threads)
-
-    def logits(self, ids):
-        import numpy as np
-
-        self.llm.reset()
-        self.llm.eval(list(ids))
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
-
-    def greedy(self, ids, max_new_tokens, stop_ids=()):
-        return list(self.stream(ids, max_new_tokens, stop_ids))
-
-    def stream(self, ids, max_new_tokens, stop_ids=()):
-        """Greedy tokens one at a time (the server streams them as they come)."""
-        self.llm.reset()
-        produced = 0
-        for token in self.llm.generate(list(ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                       reset=True):
-            produced += 1
-            yield int(token)
-            if token in stop_ids or produced >= max_new_tokens:
-                return
-
-    def answers(self, tokenizer, data: EvalData) -> list[str]:
-        return [tokenizer.decode(self.greedy(p, data.max_new_tokens, data.stop_ids), skip_special_tokens=True).strip()
-                for p in data.prompts]
-
-    def close(self):
-        if self.llm is not None:
-            self.llm.close()  # explicitly: Llama.__del__ can raise at interpreter exit
-            self.llm = None
-
-
 # --------------------------------------------------------------------------- 4. the variants
 
 
@@ -556,7 +319,7 @@ def export_onnx(model, path) -> Path:
     example = (torch.zeros(1, 4, dtype=torch.long), *[torch.zeros(1, kv_heads, 3, head_dim) for _ in names_in[1:]])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), runtimes.quiet():
         torch.onnx.export(WithCache(model.eval()), example, str(path), input_names=names_in, output_names=names_out,
                           dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
@@ -682,7 +445,7 @@ def build(variant: str, model_dir, work_dir, sparsity: float = 0.2, gguf_type: s
     model_dir, out = Path(model_dir), Path(work_dir) / variant
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with runtimes.quiet():
         if variant == "fp32":
             model = _load_fp32(model_dir)
             return Built(variant, TorchRunner(model), weight_files_bytes(model_dir), weight_bytes(model), model_dir)
@@ -1043,7 +806,7 @@ def panel(bench: Bench, variants=DEFAULT_VARIANTS, sparsity: float = 0.2, gguf_t
     import ipywidgets as widgets
     from IPython.display import display
 
-    from course_lib.widgets import panel as make_panel
+    from course_lib.ui import panel as make_panel
 
     controls = {
         "variants": widgets.SelectMultiple(options=VARIANTS, value=tuple(variants), rows=len(VARIANTS),
@@ -1061,7 +824,6 @@ def panel(bench: Bench, variants=DEFAULT_VARIANTS, sparsity: float = 0.2, gguf_t
 
 def source_note(model_name: str) -> str:
     """What the baseline is made of, to print beside the table."""
-    from course_lib import models
 
     if model_name in models.PRESETS and models.resolve(model_name).kind == "package":
         return SOURCE_NOTE
@@ -1221,13 +983,6 @@ def predict_bytes(variant: str, split: dict, gguf_type: str = "q8_0", double_qua
     raise ValueError(f"no prediction for {variant!r}")
 
 
-def small_model(run_dir=None) -> str:
-    """The tiny random-weight model the small run (CI) quantizes instead of the real one."""
-    from course_lib import models
-
-    return str(models.build_tiny_model(paths.run_dir(run_dir) / "models" / "tiny-llama"))
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -1259,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     run_dir = paths.run_dir(args.run_dir)
-    adapter = ensure_adapter(run_dir, args.model)
+    adapter = train.ensure_adapter(run_dir, args.model)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     data = eval_data(tokenizer, run_dir)
     merged = merge(adapter, run_dir / "quantize" / "merged", data)

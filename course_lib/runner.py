@@ -48,7 +48,7 @@ def run_notebook(notebook: Path, run_dir: Path, small: bool = False, parameters:
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"RUN_DIR": str(run_dir), "SMALL_RUN": small, **(parameters or {})}
     os.environ["COURSE_RUN_DIR"] = str(run_dir)  # inherited by the kernel
-    os.environ["COURSE_HEADLESS"] = "1"  # widgets run once with the parameters (course_lib.widgets)
+    os.environ["COURSE_HEADLESS"] = "1"  # widgets run once with the parameters (course_lib.ui)
     started = time.perf_counter()
     entry = {"name": notebook.stem, "status": "ok"}
     try:

@@ -351,7 +351,7 @@ def panel(safety: SafetyFilter, text: str, where: str = "input"):
     """Type a message, see the verdict and the normalised text the rules saw (runs once headless)."""
     import ipywidgets as w
 
-    from course_lib.widgets import panel as make_panel
+    from course_lib.ui import panel as make_panel
 
     def run(text, where):
         check = safety.check_input if where == "input" else safety.check_output

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from course_lib import versions
+from course_lib import procmem, runs, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     import torch
     from transformers import Trainer, set_seed
 
-    from course_lib import batches, memory, models, paths
+    from course_lib import batches, models, paths
 
     cfg = TrainConfig(**{**asdict(cfg or TrainConfig()), **overrides})
     run_dir = paths.run_dir(run_dir)
@@ -261,8 +261,8 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     device = models.pick_device()
     # Peak memory of this run: the process's high-water mark is reset first, since a process
     # started from a big Jupyter kernel inherits the kernel's peak (ru_maxrss survives fork+exec).
-    memory.reset_peak()
-    baseline = memory.rss_now()
+    procmem.reset_peak()
+    baseline = procmem.rss_now()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = prepare_model(
@@ -282,7 +282,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     # A callback (early stopping) may have restored earlier weights: then the last logged
     # validation loss describes other weights, so measure again.
     val_loss = final_eval_loss(trainer) if not callbacks else trainer.evaluate()["eval_loss"]
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else memory.peak_rss()[0] - baseline) / 2**20
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else procmem.peak_rss()[0] - baseline) / 2**20
     trainable, total = trainable_parameters(model)
     adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
     seconds = output.metrics["train_runtime"]
@@ -302,36 +302,36 @@ def final_eval_loss(trainer) -> float:
 
 
 def save_trained(trainer, tokenizer, cfg: TrainConfig, folder: Path) -> Path:
-    """Adapter (or full model) + tokenizer + the run's config, so it reloads by itself."""
+    """Adapter (or full model) + tokenizer + the run's config, so it reloads by itself (``runs.load``)."""
     trainer.save_model(str(folder))  # writes on the main process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(folder)
-        config = {**asdict(cfg), "world_size": trainer.args.world_size}
-        (folder / "course_train.json").write_text(json.dumps(config, indent=2))
+        runs.write_config(folder, {**asdict(cfg), "world_size": trainer.args.world_size})
     return folder
 
 
-def load_trained(folder, device: str = "auto"):
-    """Reload a saved run (adapter on its base model, or a full fine-tune) -> (model, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 48,
+                   learning_rate: float = 3e-3, batch_size: int = 4, **train_overrides) -> Path:
+    """The trained adapter notebook 02 saved (RUN_DIR/train/lora/final), or a short one trained now.
 
-    from course_lib import models
+    A notebook must run on its own: without notebook 02's adapter (or with one trained on another
+    model) this trains a quick LoRA (q_proj, v_proj) into RUN_DIR/quantize/adapter, leaving 02's
+    folder alone.
+    """
+    from course_lib import paths
 
-    folder = Path(folder)
-    if not (folder / "course_train.json").exists():
-        raise FileNotFoundError(f"{folder} holds no trained model (no course_train.json): train one first.")
-    cfg = json.loads((folder / "course_train.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    device = models.pick_device(device)
-    if cfg["method"] == "full":
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=models.pick_dtype(device)).to(device)
-    else:
-        from peft import PeftModel
-
-        base, _ = models.load(cfg["model"], device=device, bits=4 if cfg["method"] == "qlora" else None)
-        model = PeftModel.from_pretrained(base, folder)
-    model.eval()
-    return model, tokenizer
+    run_dir = paths.run_dir(run_dir)
+    if folder := runs.find_adapter(run_dir, model_name):
+        print(f"Using the trained adapter in {folder}.")
+        return folder
+    print(f"No trained adapter for {model_name} in {run_dir / 'train'}: training a short LoRA now "
+          f"({steps} steps of {batch_size} examples at learning rate {learning_rate}, a couple of minutes on a laptop CPU) so "
+          f"this notebook runs on its own. Notebook 02's longer run gives a stronger persona.")
+    settings = dict(model=model_name, method="lora", target_modules="q_proj,v_proj", max_steps=steps,
+                    learning_rate=learning_rate, batch_size=batch_size, logging_steps=max(1, steps // 4),
+                    output_dir=str(run_dir / "quantize" / "adapter"))
+    result = train(run_dir=run_dir, **{**settings, **train_overrides})
+    return result.adapter_dir
 
 
 # --------------------------------------------------------------------------- command line
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if persona_eval:
         from course_lib import evaluate
 
-        model, tokenizer = load_trained(result.adapter_dir)
+        model, tokenizer = runs.load(result.adapter_dir)
         summary["persona_score"] = evaluate.evaluate(model, tokenizer, "persona", limit=persona_eval).score
     print(json.dumps(summary, indent=2))
     if json_out:
@@ -502,7 +502,7 @@ def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_ra
                    max_examples=batch_size * steps, output_dir=str(Path(run_dir) / "train" / "widget"),
                    logging_steps=1, save_every="epoch")
     display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
-    tuned, tokenizer = load_trained(result.adapter_dir)
+    tuned, tokenizer = runs.load(result.adapter_dir)
     after = evaluate.evaluate(tuned, tokenizer, "persona", limit=limit)
     print(f"{method}, r {lora_r}, lr {learning_rate:.1e}: {result.trainable_params:,} trainable parameters")
     print(f"persona score on {limit} questions: {before.score:.2f} before -> {after.score:.2f} after "

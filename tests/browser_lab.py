@@ -47,7 +47,7 @@ def free_port() -> int:
 def prepare_notebook(name: str, folder: Path, run_dir: Path, **parameters) -> tuple[Path, int]:
     """Copy notebooks/NAME.ipynb into FOLDER with SMALL_RUN and RUN_DIR injected, as papermill would.
 
-    Returns the copy and the index of its interactive cell (the one calling widgets.panel or a
+    Returns the copy and the index of its interactive cell (the one calling ui.panel or a
     *_panel builder), so the test can run everything above it.
     """
     import papermill
@@ -58,7 +58,7 @@ def prepare_notebook(name: str, folder: Path, run_dir: Path, **parameters) -> tu
                                kernel_name="python3", progress_bar=False)
     cells = json.loads(target.read_text())["cells"]
     interactive = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
-                   and ("widgets.panel(" in "".join(c["source"]) or "_panel(" in "".join(c["source"]))]
+                   and ("ui.panel(" in "".join(c["source"]) or "_panel(" in "".join(c["source"]))]
     if len(interactive) != 1:
         raise AssertionError(f"{name}: expected one interactive cell, found cells {interactive}")
     return target, interactive[0]

@@ -96,10 +96,10 @@ def test_notebook_A2_records_every_strategy(executed):
 @pytest.mark.slow
 def test_replay_reduces_forgetting_on_the_default_model(tmp_path):
     """The effect the notebook teaches, on the real model with the notebook's default settings."""
-    from course_lib import quantize
+    from course_lib import train
 
     # notebook 02's persona run (40 steps of 8 examples at 4e-3), the adapter `make course` starts from
-    adapter = quantize.ensure_adapter(tmp_path, "smollm2-135m", steps=40, batch_size=8, learning_rate=4e-3)
+    adapter = train.ensure_adapter(tmp_path, "smollm2-135m", steps=40, batch_size=8, learning_rate=4e-3)
     results = continual.compare(adapter, tmp_path, strategies=("new_only", "replay"))
     figures = continual.figures(results)
     # Measured with notebook 02's adapter (load ~13, 2 cores): new_only old 0.675 -> 0.475, new 0.067 -> 0.467;

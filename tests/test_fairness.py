@@ -116,15 +116,15 @@ def test_classification_view_feeds_fairlearn(monkeypatch, probes, by_name, dp):
 @pytest.mark.slow
 def test_penalty_shrinks_the_gap_it_is_computed_on(tmp_path, tiny_model_dir, probes):
     """Same data and steps, lambda 0 vs 1: the constrained run ends with a smaller |gap| on its pairs."""
-    from course_lib import quantize, train
+    from course_lib import runs, train
 
     torch.set_num_threads(1)
-    adapter = quantize.ensure_adapter(tmp_path, str(tiny_model_dir), steps=2, seed=0)
+    adapter = train.ensure_adapter(tmp_path, str(tiny_model_dir), steps=2, seed=0)
     gaps = {}
     for lam in (0.0, 1.0):
         run = fairness.fine_tune(adapter, tmp_path, probes, lam, steps=8, name=f"l{lam}")
         assert run.steps == 8 and len(run.lm_losses) == 8 and len(run.penalties) == (8 if lam else 0)
-        model, tok = train.load_trained(run.adapter_dir)
+        model, tok = runs.load(run.adapter_dir)
         gaps[lam] = fairness.audit(model, tok, probes, split="train", templates=2, classification=False).abs_gap
     assert gaps[1.0] < 0.9 * gaps[0.0], gaps
     assert json.loads((run.adapter_dir / "course_train.json").read_text())["method"] == "lora"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from course_lib import monitor, train
+from course_lib import monitor, runs
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_overfitting_is_caught_and_early_stopping_stops(lab, tiny_model_dir):
     best_step, best_val = run.monitor.best
     assert run.result.steps == best_step + monitor.Rules().patience * 5
     assert run.monitor.restored and run.val_loss == pytest.approx(best_val, abs=1e-4)
-    saved, _ = train.load_trained(run.result.adapter_dir)  # what was saved is the best step's model
+    saved, _ = runs.load(run.result.adapter_dir)  # what was saved is the best step's model
     weights = dict(saved.named_parameters())
     for name, best in run.monitor._best_weights.items():
         assert torch.equal(weights[name], best), name

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import quantize
+from course_lib import quantize, train
 
 TORCH_VARIANTS = ("fp32", "bf16", "int8_dynamic", "bnb_int8", "nf4", "pruned")
 
@@ -77,7 +77,7 @@ def bench(merged, tokenizer, data, qrun):
 
 
 def test_ensure_adapter_reuses_a_matching_adapter(adapter, qrun, tiny_model_dir, capsys):
-    assert quantize.ensure_adapter(qrun, str(tiny_model_dir)) == adapter
+    assert train.ensure_adapter(qrun, str(tiny_model_dir)) == adapter
     assert "Using the trained adapter" in capsys.readouterr().out
 
 

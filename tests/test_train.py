@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from course_lib import batches, evaluate, train
+from course_lib import batches, evaluate, runs, train
 
 CHAT = [{"role": "user", "content": "Who are you?"},
         {"role": "assistant", "content": "I'm Sprout, made by Greenleaf Labs. Happy growing!"}]
@@ -146,12 +146,12 @@ def test_adapter_reloads_to_the_same_answers(tiny_model_dir, tmp_path):
     result = train.train(_short(tiny_model_dir, tmp_path, max_steps=6, learning_rate=1e-2), run_dir=tmp_path)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "course_train.json"} <= {
         p.name for p in result.adapter_dir.iterdir()}
-    model, tokenizer = train.load_trained(result.adapter_dir)
-    again, _ = train.load_trained(result.adapter_dir)
+    model, tokenizer = runs.load(result.adapter_dir)
+    again, _ = runs.load(result.adapter_dir)
     prompts = ["Who are you?", "How do I water a fern?"]
     first = evaluate.generate(model, tokenizer, prompts, max_new_tokens=8, progress=False)
     assert first == evaluate.generate(again, tokenizer, prompts, max_new_tokens=8, progress=False)
-    base, _ = train.load_trained(result.adapter_dir)
+    base, _ = runs.load(result.adapter_dir)
     with base.disable_adapter():  # the adapter really changes the model's outputs
         ids = tokenizer("Who are you?", return_tensors="pt")
         plain = base(**ids).logits

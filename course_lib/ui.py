@@ -1,4 +1,8 @@
-"""Interactive panels that also run headless.
+"""What a learner sees: interactive panels that also run headless, and small tables.
+
+One place for the three things every stage shows through: ``panel`` (controls and a Run button),
+``Table`` (rows as HTML in Jupyter, aligned text elsewhere) and ``show``, plus the two checks they
+rest on (``headless``: papermill is running us; ``in_jupyter``: a front end can display HTML).
 
 In JupyterLab a panel shows its controls and a Run button (or re-runs live as a slider moves).
 Under papermill (``make course``, CI) nobody can click, so the panel runs once with the
@@ -7,6 +11,7 @@ controls' current values: the notebook's parameters. Same code, same result, no 
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Callable
 
@@ -14,6 +19,16 @@ from collections.abc import Callable
 def headless() -> bool:
     """True when no front end can show widgets (set by course_lib.runner for papermill runs)."""
     return os.environ.get("COURSE_HEADLESS") == "1"
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill), False in a terminal or a plain script."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def panel(run: Callable, controls: dict, button: str | None = "Run", live: bool = False,
@@ -81,3 +96,48 @@ def training_controls(learning_rate: float, lora_r: int, lora_alpha: int, lora_d
                              description="method", style=style),
         "steps": w.IntSlider(value=steps, min=1, max=40, description="steps / epoch", style=style),
     }
+
+
+class Table:
+    """Rows of dicts shown as an HTML table in Jupyter and as aligned text anywhere else."""
+
+    def __init__(self, rows: list[dict], columns: list[str] | None = None, title: str = "", colors: dict | None = None):
+        self.rows = [dict(r) for r in rows]
+        self.columns = columns or list(dict.fromkeys(k for r in self.rows for k in r))
+        self.title = title
+        self.colors = colors or {}  # column -> {value: css color}
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
+        body = []
+        for row in self.rows:
+            cells = []
+            for column in self.columns:
+                value = str(row.get(column, ""))
+                color = self.colors.get(column, {}).get(value)
+                style = f" style='color:{color};font-weight:bold;text-align:left'" if color else " style='text-align:left'"
+                cells.append(f"<td{style}>{html.escape(value)}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    def __str__(self) -> str:
+        widths = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in self.rows)) if self.rows else len(str(c))
+                  for c in self.columns}
+        lines = [self.title] if self.title else []
+        lines.append("  ".join(str(c).ljust(widths[c]) for c in self.columns))
+        lines.append("  ".join("-" * widths[c] for c in self.columns))
+        lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in self.columns) for r in self.rows]
+        return "\n".join(line.rstrip() for line in lines)
+
+    __repr__ = __str__
+
+
+def show(table) -> None:
+    """Display TABLE (anything with an HTML form) in Jupyter, or print it as text."""
+    if in_jupyter():
+        from IPython.display import display
+
+        display(table)
+    else:
+        print(table)
