@@ -45,18 +45,18 @@ model: install
 	$(PY) -m course_lib.quantize fetch-converter --if-missing
 
 course: model
-	$(PY) -m course_lib.runner
+	$(PY) -m course_lib.ops.runner
 
 test: model
 	$(PY) -m pytest
 
 # The offline classroom bundle (INSTRUCTORS.md): wheels of this environment, the model cache, the
 # converter and install.sh, in one folder to copy to a USB stick. BUNDLE must not exist yet.
-# BUNDLE_ARGS: e.g. --no-model-cache, --llama cached (see python -m course_lib.bundle build -h).
+# BUNDLE_ARGS: e.g. --no-model-cache, --llama cached (see python -m course_lib.ops.bundle build -h).
 BUNDLE ?= bundle
 BUNDLE_ARGS ?=
 bundle: model
-	$(PY) -m course_lib.bundle build --out $(BUNDLE) $(BUNDLE_ARGS)
+	$(PY) -m course_lib.ops.bundle build --out $(BUNDLE) $(BUNDLE_ARGS)
 bench: model
 	$(PY) bench/run.py --quick --json runs/bench.json
 

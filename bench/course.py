@@ -1,4 +1,4 @@
-"""Figure 6: the whole course's wall time, in total and per notebook (``course_lib.runner``'s report)."""
+"""Figure 6: the whole course's wall time, in total and per notebook (``course_lib.ops.runner``'s report)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def from_report(report_path) -> dict:
 
 
 def run_course(run_dir) -> dict:
-    """Run ``python -m course_lib.runner`` (what `make course` runs after its install) now, and read its report."""
+    """Run ``python -m course_lib.ops.runner`` (what `make course` runs after its install) now, and read its report."""
     report = Path(run_dir) / "course_report.json"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "course_lib.runner", "--run-dir", str(run_dir)], cwd=ROOT, check=False)
+    subprocess.run([sys.executable, "-m", "course_lib.ops.runner", "--run-dir", str(run_dir)], cwd=ROOT, check=False)
     out = from_report(report)
     out["course_wall_seconds"] = time.perf_counter() - started
     return out

@@ -3,11 +3,11 @@
 Batch 1, greedy, the same model, prompt and number of new tokens:
 - naive: what a learner writes first, the whole sequence through the model for every new token
   (no KV cache), the argmax appended;
-- served: ``course_lib.engine.TorchEngine`` (what the server runs): ``generate`` with the KV cache;
+- served: ``course_lib.serve.engine.TorchEngine`` (what the server runs): ``generate`` with the KV cache;
   time to first token measured on its streaming path (``TorchEngine.stream``).
 Both run in turns (A B A B) and the best round of each counts. Then the HTTP server
 (``course_lib.serve.Server``) answers the persona questions from 32 concurrent clients
-(``course_lib.loadtest.run``) and, for comparison, one client asking one question at a time.
+(``course_lib.serve.loadtest.run``) and, for comparison, one client asking one question at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def naive_generate(model, prompt_ids: list[int], new_tokens: int, stop_ids=()) -
 
 
 def _served(engine, prompt_ids, new_tokens):
-    from course_lib.engine import GenRequest
+    from course_lib.serve.engine import GenRequest
 
     request = GenRequest(prompt_ids, max_new_tokens=new_tokens)
     started = time.perf_counter()
@@ -49,9 +49,9 @@ def _served(engine, prompt_ids, new_tokens):
 
 def decode(model_name: str, new_tokens: int = 48, rounds: int = 2) -> dict:
     """Decode tokens/s and time to first token, naive loop vs the served engine, at batch 1."""
-    from course_lib import engine as engines
     from course_lib import models
     from course_lib.quantize import _chat_ids
+    from course_lib.serve import engine as engines
 
     model, tokenizer = models.load(model_name)
     model.eval()
@@ -76,7 +76,8 @@ def decode(model_name: str, new_tokens: int = 48, rounds: int = 2) -> dict:
 def concurrent(model_name: str, threads: int, clients: int = 32, questions: int = 32, sequential: int = 8,
                new_tokens: int = 32) -> dict:
     """Tokens/s of the HTTP server under CLIENTS concurrent clients vs one client, one request at a time."""
-    from course_lib import evaluate, loadtest, serve
+    from course_lib import evaluate, serve
+    from course_lib.serve import loadtest
 
     asked = [item["question"] for item in evaluate.load_eval_set("persona")]
     asked = (asked * (1 + questions // len(asked)))[:questions]

@@ -5,17 +5,22 @@
   repeating one memorized sentence cannot pass them all;
 - distinct-answer share: how many different answers the model gives (1.0 = all different);
 - retention: of the general questions the base model answered right, the share the
-  personalized model still answers right (what fine-tuning made it forget).
+  personalized model still answers right (what fine-tuning made it forget);
+- ROUGE-L and BLEU: how much of a reference answer's wording an answer shares (written here to
+  keep the dependencies small);
+- ``perplexity_from_loss``: the perplexity a validation loss stands for.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib import versions
+from course_lib import paths, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -25,8 +30,6 @@ EVAL_SETS = {"persona": ("persona", "eval.jsonl"), "general": ("general", "eval.
 
 def load_eval_set(name_or_path: str) -> list[dict]:
     """A held-out set: ``persona``, ``general``, ``new_facts`` or a JSONL path (question, keywords)."""
-    from course_lib import paths
-
     path = paths.data_samples(*EVAL_SETS[name_or_path]) if name_or_path in EVAL_SETS else Path(name_or_path)
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -122,8 +125,6 @@ def baseline(model, tokenizer, model_name: str, eval_set: str, run_dir, max_new_
     """
     import hashlib
 
-    from course_lib import paths
-
     items = load_eval_set(eval_set)
     items = items[:limit] if limit else items
     key = hashlib.sha256(json.dumps([model_name, items, max_new_tokens]).encode()).hexdigest()[:16]
@@ -144,8 +145,77 @@ def retention(base: EvalResult, tuned: EvalResult) -> float:
     return round(sum(kept) / len(kept), 3) if kept else float("nan")
 
 
-def perplexity(loss: float) -> float:
+def perplexity_from_loss(loss: float) -> float:
+    """e ** LOSS (a mean cross-entropy in nats), rounded; NaN stays NaN."""
     return round(math.exp(loss), 3) if loss == loss else float("nan")
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words and punctuation marks: the tokens ROUGE and BLEU compare."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common subsequence of words, as precision and recall combined.
+
+    Order matters (unlike bag-of-words overlap) but gaps are allowed, so "Sprout, made by
+    Greenleaf" still matches "I'm Sprout, a helper made by Greenleaf Labs". Written here (a dozen
+    lines) rather than with the `rouge-score` package, which pulls in nltk and absl.
+    """
+    c, r = words(candidate), words(reference)
+    lcs = _lcs(c, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(c), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def bleu(candidates: list[str], references: list[str], max_n: int = 4, smooth: bool = True) -> float:
+    """Corpus BLEU (Papineni et al. 2002) with one reference per candidate, on a 0-1 scale.
+
+    The geometric mean of the clipped n-gram precisions (n = 1..4, counts summed over the corpus),
+    times a brevity penalty exp(1 - r/c) when the candidates are shorter in total (c) than the
+    references (r), so that answering with one safe word does not score high. With ``smooth``, an
+    n-gram order with no match counts as 1/(2^k * total) instead of 0 (sacrebleu's "exp"
+    smoothing), so short answers are not all zero. Gives sacrebleu's corpus_score (smooth "exp",
+    divided by 100) on text split by ``words``; written here to keep the dependencies small.
+    """
+    matches, totals = [0] * max_n, [0] * max_n
+    c_len = r_len = 0
+    for cand, ref in zip(candidates, references):
+        c, r = words(cand), words(ref)
+        c_len, r_len = c_len + len(c), r_len + len(r)
+        for n in range(1, max_n + 1):
+            cand_ngrams, ref_ngrams = _ngrams(c, n), _ngrams(r, n)
+            matches[n - 1] += sum(min(count, ref_ngrams[g]) for g, count in cand_ngrams.items())
+            totals[n - 1] += max(len(c) - n + 1, 0)
+    if matches[0] == 0:
+        return 0.0  # not one word in common: nothing to smooth
+    log_precisions, k = [], 1
+    for m, t in zip(matches, totals):
+        if m == 0:
+            if not smooth or t == 0:
+                return 0.0
+            k *= 2
+            m = 1 / k
+        log_precisions.append(math.log(m / t))
+    brevity = 1.0 if c_len > r_len else math.exp(1 - r_len / c_len)
+    return brevity * math.exp(sum(log_precisions) / max_n)
 
 
 def side_by_side(before: EvalResult, after: EvalResult, limit: int = 6):

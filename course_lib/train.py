@@ -6,19 +6,25 @@ Methods differ only in what is trainable and how the frozen weights are stored:
 - ``lora``: frozen base + small low-rank matrices B·A added to chosen projections;
 - ``qlora``: the same, with the frozen base stored in 4-bit NF4 by bitsandbytes;
 - ``prompt_tuning``: frozen model, a few trainable "virtual token" embeddings in front of the input.
+
+``train`` runs one configured training (notebook 02, and ``python -m course_lib.train``, which
+``compare`` starts in a fresh process per method); ``fit`` trains a model already in memory with
+the same TrainingArguments and batches (the appendices).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from course_lib import procmem, runs, versions
+from course_lib import batches, data, evaluate, models, paths, procmem, runs, versions
+from course_lib.report import quiet_libraries
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -34,8 +40,6 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
                   device: str = "auto"):
     """Load MODEL_NAME and make it trainable with METHOD; returns (model, tokenizer)."""
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
-
-    from course_lib import models
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -168,8 +172,6 @@ def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
     """The cleaned split from notebook 01 (built on the spot if missing), tokenized for training."""
     from datasets import concatenate_datasets
 
-    from course_lib import batches, data
-
     split = data.load_split(data.ensure_dataset(run_dir))
     train_set, val_set = split["train"], split["validation"]
     if cfg.max_examples:
@@ -188,8 +190,6 @@ def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
 def replay_examples(n_task: int, share: float, seed: int):
     """General instruction data to mix in so that SHARE of the final mix is replay (against forgetting)."""
     from datasets import Dataset
-
-    from course_lib import data, paths
 
     pool = data.load_records(paths.data_samples("general", "instructions.jsonl")).records
     wanted = min(len(pool), round(share * n_task / (1 - share)))
@@ -210,8 +210,6 @@ def _prepare_output(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
 
 def _rank() -> int:
     """This process's rank under torchrun / accelerate launch (0 when running alone)."""
-    import os
-
     return int(os.environ.get("RANK", "0"))
 
 
@@ -250,9 +248,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     ``resume=True`` continues from the last checkpoint in the output folder (after an interruption).
     """
     import torch
-    from transformers import Trainer, set_seed
-
-    from course_lib import batches, models, paths
+    from transformers import set_seed
 
     cfg = TrainConfig(**{**asdict(cfg or TrainConfig()), **overrides})
     run_dir = paths.run_dir(run_dir)
@@ -272,9 +268,8 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     args = training_arguments(cfg, out, device)
     with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
         train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
-    trainer = Trainer(model=model, args=args, train_dataset=train_tok,
-                      eval_dataset=val_tok, data_collator=batches.collator(tokenizer, cfg.method != "prompt_tuning"),
-                      processing_class=tokenizer, callbacks=list(callbacks))
+    trainer = _trainer(model, tokenizer, args, train_tok, eval_dataset=val_tok, callbacks=callbacks,
+                       trained_logits_only=cfg.method != "prompt_tuning")
     checkpoint = last_checkpoint(out) if resume else None
     if resume:
         print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
@@ -291,6 +286,38 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
         trainable_params=trainable, total_params=total, steps=trainer.state.global_step,
         train_seconds=round(seconds, 1), tokens_per_s=round(trainer.state.num_input_tokens_seen / seconds, 1),
         peak_memory_mb=round(peak, 1), val_loss=round(val_loss, 4), train_examples=n_examples)
+
+
+def _trainer(model, tokenizer, args, train_dataset, *, eval_dataset=None, trainer_class=None, callbacks=(),
+             trained_logits_only: bool = True, **trainer_kwargs):
+    """The course's Trainer (or TRAINER_CLASS) on padding-free batches, the tokenizer as its processing class."""
+    from transformers import Trainer
+
+    return (trainer_class or Trainer)(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=batches.collator(tokenizer, trained_logits_only), processing_class=tokenizer,
+        callbacks=list(callbacks), **trainer_kwargs)
+
+
+def fit(model, tokenizer, train_dataset, cfg: TrainConfig, out_dir, *, trainer_class=None, callbacks=(),
+        eval_dataset=None, trained_logits_only: bool = True, progress: bool = False, **trainer_kwargs):
+    """Train a model already in memory on TRAIN_DATASET (tokenized) with CFG's settings; returns the trainer.
+
+    For the runs ``train`` does not cover (the appendices): a model loaded and changed beforehand,
+    any tokenized data, a Trainer subclass with its own loss (TRAINER_CLASS, its extra arguments in
+    TRAINER_KWARGS). Same TrainingArguments as ``train`` (``training_arguments``: CFG's steps, batch,
+    learning rate, schedule, precision, seed, saving), same padding-free batches; CFG's model and
+    method are not used, the model is given. ``trained_logits_only=False`` when the loss needs the
+    logits of every position (distillation's KL). Nothing is saved unless CFG.save_every asks for
+    checkpoints (``save_trained`` writes a reloadable folder). The run's time and mean loss are in
+    ``trainer.state.log_history[-1]`` (``train_runtime``, ``train_loss``).
+    """
+    args = training_arguments(cfg, Path(out_dir), models.pick_device())
+    args.disable_tqdm = not progress
+    trainer = _trainer(model, tokenizer, args, train_dataset, eval_dataset=eval_dataset, trainer_class=trainer_class,
+                       callbacks=callbacks, trained_logits_only=trained_logits_only, **trainer_kwargs)
+    trainer.train()
+    return trainer
 
 
 def final_eval_loss(trainer) -> float:
@@ -318,8 +345,6 @@ def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 
     model) this trains a quick LoRA (q_proj, v_proj) into RUN_DIR/quantize/adapter, leaving 02's
     folder alone.
     """
-    from course_lib import paths
-
     run_dir = paths.run_dir(run_dir)
     if folder := runs.find_adapter(run_dir, model_name):
         print(f"Using the trained adapter in {folder}.")
@@ -352,8 +377,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from course_lib.report import quiet_libraries
-
     quiet_libraries()
     args = vars(_parser().parse_args(argv))
     run_dir, resume, json_out = args.pop("run_dir"), args.pop("resume"), args.pop("json")
@@ -365,8 +388,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # under torchrun, rank 0 reports for everyone
     summary = result.summary()
     if persona_eval:
-        from course_lib import evaluate
-
         model, tokenizer = runs.load(result.adapter_dir)
         summary["persona_score"] = evaluate.evaluate(model, tokenizer, "persona", limit=persona_eval).score
     print(json.dumps(summary, indent=2))
@@ -377,135 +398,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-# --------------------------------------------------------------------------- comparing methods
-
-
-# Each method at a learning rate suited to it, for comparisons at the same data and steps: full
-# fine-tuning moves every weight, so it needs a rate ~100x below LoRA's (at LoRA's 4e-3 it diverged
-# here, validation loss 15.6); prompt tuning trains only a few virtual-token embeddings and needs a
-# higher one. LoRA and QLoRA use the notebook's LEARNING_RATE.
-METHOD_LEARNING_RATES = {"full": 5e-5, "prompt_tuning": 3e-2}
-
-
-def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=None,
-                    learning_rates: dict | None = None, **settings) -> list[dict]:
-    """Train each method on the same data for the same steps, each in a fresh Python process.
-
-    A fresh process per method because peak memory (the process's peak RSS on CPU) only ever
-    grows: measured in one process, every method after the hungriest would inherit its peak.
-    ``learning_rates`` overrides METHOD_LEARNING_RATES; others use ``settings["learning_rate"]``.
-    """
-    import subprocess
-    import tempfile
-
-    from tqdm.auto import tqdm
-
-    from course_lib import paths
-
-    run_dir = paths.run_dir(run_dir)
-    rows = []
-    for method in tqdm(methods, desc="methods", unit="run"):
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = Path(tmp) / "summary.json"
-            rates = {**METHOD_LEARNING_RATES, **(learning_rates or {})}
-            args = {"save_every": "no", **settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
-            if method in rates:
-                args["learning_rate"] = rates[method]
-            argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-            done = subprocess.run([sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
-                                   "--json", str(summary), "--fresh"], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{method} failed: {done.stderr.strip().splitlines()[-1]}")
-            rows.append(json.loads(summary.read_text()) | {"learning_rate": args.get("learning_rate")})
-    return rows
-
-
-def comparison_table(rows: list[dict]):
-    """Method, trainable parameters (and %), peak memory, tokens/s, validation loss (a DataFrame)."""
-    import pandas as pd
-
-    table = pd.DataFrame([{
-        "method": r["method"], "trainable params": f"{r['trainable_params']:,}",
-        "trainable %": round(100 * r["trainable_params"] / r["total_params"], 3),
-        **({"learning rate": r["learning_rate"]} if r.get("learning_rate") else {}),
-        "peak memory MB": r["peak_memory_mb"], "tokens/s": r["tokens_per_s"],
-        "val loss": r["val_loss"], **({"persona score": r["persona_score"]} if "persona_score" in r else {}),
-    } for r in rows])
-    return table.set_index("method")
-
-
-def plot_history(result: TrainResult, title: str = ""):
-    """Training loss per step, validation loss per epoch, and the learning-rate schedule."""
-    import matplotlib.pyplot as plt
-
-    history = result.log_history
-    steps = [h["step"] for h in history if "loss" in h]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.2))
-    ax_loss.plot(steps, [h["loss"] for h in history if "loss" in h], label="training loss")
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if evals:
-        ax_loss.plot(*zip(*evals), "o-", label="validation loss")
-    ax_loss.set(xlabel="step", ylabel="loss", title=title or f"{result.config['method']} training")
-    ax_loss.legend()
-    ax_lr.plot(steps, [h.get("learning_rate", float("nan")) for h in history if "loss" in h], color="tab:green")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title=f"{result.config['scheduler']} schedule with warmup")
-    fig.tight_layout()
-    return fig
-
-
-def claims_table(rows: list[dict]):
-    """The seeds' claims beside what this machine measured in COMPARE_METHODS' rows."""
-    import pandas as pd
-
-    by = {r["method"]: r for r in rows}
-    claims = []
-
-    def claim(text, measured, holds, note):
-        claims.append({"claim": text, "measured": measured, "verdict": "confirmed" if holds else "not here",
-                       "note": note})
-
-    if {"full", "lora"} <= by.keys():
-        fewer = 1 - by["lora"]["trainable_params"] / by["full"]["trainable_params"]
-        claim("LoRA: 99% fewer trainable parameters", round(fewer, 4), fewer >= 0.99,
-              f"{by['lora']['trainable_params']:,} vs {by['full']['trainable_params']:,}")
-        saved = 1 - by["lora"]["peak_memory_mb"] / by["full"]["peak_memory_mb"]
-        claim("LoRA saves 70% memory", round(saved, 3), saved >= 0.6,
-              "peak memory vs full fine-tuning; on small models activations and the output layer weigh more")
-    if {"lora", "qlora"} <= by.keys():
-        saved = 1 - by["qlora"]["peak_memory_mb"] / by["lora"]["peak_memory_mb"]
-        claim("QLoRA needs less memory than LoRA", round(saved, 3), saved > 0, "4-bit frozen weights")
-        speed = by["qlora"]["tokens_per_s"] / by["lora"]["tokens_per_s"]
-        claim("QLoRA saves memory, not time", round(speed, 3), speed <= 1.1,
-              "QLoRA tokens/s over LoRA tokens/s: dequantizing on the fly costs compute")
-    from course_lib import memory
-
-    plan = memory.estimate("qwen2.5-7b", "qlora", seq_len=512, batch_size=1, gradient_checkpointing=True,
-                           device="cuda")
-    claim("QLoRA lets a 7B model fit in 24 GB", round(plan.total_mb / 1024, 1), plan.total_mb <= 24 * 1024,
-          "GB, notebook 00's planner for Qwen2.5-7B (seq 512, batch 1, checkpointing): an estimate, "
-          "not a GPU measurement")
-    return pd.DataFrame(claims)
-
-
-def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_rate: float, lora_r: int,
-                     lora_alpha: int, lora_dropout: float, epochs: int, batch_size: int, method: str,
-                     steps: int) -> dict:
-    """The interactive panel's run: a few steps, the loss figure, and before/after answers."""
-    from IPython.display import display
-
-    from course_lib import evaluate
-
-    result = train(run_dir=run_dir, model=model, method=method, learning_rate=learning_rate, lora_r=lora_r,
-                   lora_alpha=lora_alpha, lora_dropout=lora_dropout, epochs=epochs, batch_size=batch_size,
-                   max_examples=batch_size * steps, output_dir=str(Path(run_dir) / "train" / "widget"),
-                   logging_steps=1, save_every="epoch")
-    display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
-    tuned, tokenizer = runs.load(result.adapter_dir)
-    after = evaluate.evaluate(tuned, tokenizer, "persona", limit=limit)
-    print(f"{method}, r {lora_r}, lr {learning_rate:.1e}: {result.trainable_params:,} trainable parameters")
-    print(f"persona score on {limit} questions: {before.score:.2f} before -> {after.score:.2f} after "
-          f"({result.steps} steps, {result.train_seconds:.0f} s)")
-    display(evaluate.side_by_side(before, after, limit))
-    return {"steps": result.steps, "persona_score": after.score, "val_loss": result.val_loss}

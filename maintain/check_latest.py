@@ -111,10 +111,10 @@ def run_notebooks(py: Path, only: list[str] | None) -> tuple[list[dict], list[di
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     report_file = run_dir / "course_report.json"
     report_file.unlink(missing_ok=True)
-    done = sh([str(py), "-m", "course_lib.runner", "--small", "--run-dir", str(run_dir),
+    done = sh([str(py), "-m", "course_lib.ops.runner", "--small", "--run-dir", str(run_dir),
                *(["--only", *only] if only else [])], env=env, stderr=subprocess.PIPE)
     if not report_file.exists():  # the runner itself did not start (an import failed, say)
-        return [{"where": "course_lib.runner", "first_line": first_line(done.stderr), "traceback": done.stderr}], []
+        return [{"where": "course_lib.ops.runner", "first_line": first_line(done.stderr), "traceback": done.stderr}], []
     report = json.loads(report_file.read_text())
     failures = []
     for nb in report["notebooks"]:

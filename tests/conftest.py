@@ -1,7 +1,7 @@
 """Shared fixtures: an offline world, a tiny model, and notebooks executed once per session.
 
 Every test runs with HF_HUB_OFFLINE=1: nothing the learner relies on may need the network.
-Notebook runs go through course_lib.runner.run_notebook, the same path `make course` takes.
+Notebook runs go through course_lib.ops.runner.run_notebook, the same path `make course` takes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def executed(course_run_dir):
 
     Each notebook runs at most once per session, whichever tests ask for it.
     """
-    from course_lib.runner import discover, run_notebook
+    from course_lib.ops.runner import discover, run_notebook
 
     cache: dict[str, dict] = {}
     notebooks = {p.stem: p for p in discover(ROOT / "notebooks")}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from course_lib import COLAB_URL
-from course_lib.runner import discover
+from course_lib.ops.runner import discover
 
 NOTEBOOKS = discover(Path(__file__).resolve().parent.parent / "notebooks")
 

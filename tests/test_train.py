@@ -1,4 +1,4 @@
-"""The train stage: answer-only labels, packing without leaks, methods, resume, reload; notebook 02."""
+"""The train stage: answer-only labels, packing without leaks, methods, resume, reload, fit; notebook 02."""
 
 from __future__ import annotations
 
@@ -207,6 +207,29 @@ def test_command_line_runs_the_same_training(tiny_model_dir, tmp_path):
     assert summary["steps"] == 2 and summary["method"] == "lora" and summary["trainable_params"] == 7168
 
 
+def test_fit_trains_a_model_in_memory_with_a_custom_trainer(tiny_model_dir, default_tokenizer, tmp_path):
+    """``fit``: the appendices' way to train an already-loaded model, with a Trainer subclass and its arguments."""
+    from transformers import Trainer
+
+    class Counting(Trainer):
+        def __init__(self, *args, label: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.label, self.losses = label, 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.losses += 1
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    model, _ = train.prepare_model(str(tiny_model_dir), "lora")
+    cfg = train.TrainConfig(max_steps=2, batch_size=2, save_every="no", logging_steps=1, warmup=0.0)
+    trainer = train.fit(model, default_tokenizer, _tokenized(default_tokenizer, 4), cfg, tmp_path / "fit",
+                        trainer_class=Counting, label="x")
+    assert isinstance(trainer, Counting) and trainer.label == "x" and trainer.losses == 2
+    assert trainer.state.global_step == 2 and trainer.args.disable_tqdm
+    assert "train_runtime" in trainer.state.log_history[-1]
+    assert not any((tmp_path / "fit").glob("checkpoint-*"))  # save_every="no": nothing written
+
+
 def test_replay_mixes_the_requested_share():
     replay = train.replay_examples(n_task=90, share=0.25, seed=0)
     assert len(replay) == 30  # 30 / (90 + 30) = 25% of the mix
@@ -254,14 +277,3 @@ def test_two_processes_train_with_gloo_and_save_one_adapter(tiny_model_dir, tmp_
     assert len(list(out.glob("final/adapter_model.safetensors"))) == 1
     assert json.loads((tmp_path / "s.json").read_text())["steps"] == 3
 
-
-@pytest.mark.slow
-def test_peak_memory_is_not_inherited_from_a_big_parent(tiny_model_dir, tmp_path):
-    """A comparison run started from a big kernel must report its own peak, not the kernel's."""
-    import numpy as np
-
-    ballast = np.ones(1_000_000_000, dtype=np.uint8)  # 1 GB resident in this (parent) process
-    rows = train.compare_methods(("lora",), run_dir=tmp_path, model=str(tiny_model_dir), max_steps=1,
-                                 batch_size=2, max_examples=4, max_val_examples=2)
-    assert int(ballast[-1]) == 1
-    assert 0 < rows[0]["peak_memory_mb"] < 800

@@ -1,0 +1,221 @@
+"""Continual learning: teach the persona new facts later without making it forget the old ones.
+
+Sprout already has a LoRA adapter (notebook 02). Later, Greenleaf Labs wants it to know three new
+facts (data_samples/persona/new_facts.jsonl). Each strategy starts from the same persona adapter,
+trains on the new facts for the same number of steps, and is scored twice: on the old persona
+questions (what it may have forgotten) and on the new-facts questions (what it learned).
+
+- ``new_only``: keep training the same adapter on the new data only (the naive way);
+- ``replay``: the same, with a share of the OLD persona examples mixed into every batch;
+- ``new_adapter``: freeze the persona adapter and train a second LoRA adapter beside it (PEFT
+  multi-adapter); both stay active at answer time, so their updates add up;
+- ``freeze_lower``: keep training the same adapter, but only its LoRA matrices in the top layers.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from course_lib import batches, data, evaluate, models, paths, runs
+
+STRATEGIES = ("new_only", "replay", "new_adapter", "freeze_lower")
+PERSONA, NEW = "persona", "new_facts"  # the two adapters' names in the multi-adapter model
+
+
+def chats(*parts: str) -> list[dict]:
+    """The chat records of a shipped data file, e.g. ``chats("persona", "new_facts.jsonl")``."""
+    loaded = data.load_records(paths.data_samples(*parts))
+    if loaded.bad:
+        raise ValueError(f"{parts[-1]}: {len(loaded.bad)} bad records, first: {loaded.bad[0]}")
+    return [{"messages": r["messages"]} for r in loaded.records]
+
+
+def old_data() -> list[dict]:
+    return chats("persona", "train.jsonl")
+
+
+def new_data() -> list[dict]:
+    return chats("persona", "new_facts.jsonl")
+
+
+def mix(new: list[dict], old: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """NEW plus enough OLD examples (drawn at random) that SHARE of the mix is old: replay."""
+    if not 0 <= share < 1:
+        raise ValueError(f"replay share must be in [0, 1), not {share}")
+    wanted = min(len(old), round(share * len(new) / (1 - share)))
+    return new + random.Random(seed).sample(old, wanted)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def fit(model, tokenizer, records: list[dict], *, steps: int, batch_size: int, learning_rate: float,
+        seed: int, out_dir, trainer_class=None, trained_logits_only: bool = True, **trainer_kwargs) -> list[dict]:
+    """Train MODEL's trainable weights on RECORDS for STEPS steps; returns the log history.
+
+    Unlike ``train.train`` (which reads the cleaned split of notebook 01 and loads a fresh model),
+    this trains a model that is already in memory on any list of chats: what continual learning
+    and distillation need. Same Trainer, same padding-free batches, same answer-only labels.
+    """
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    if not records:
+        raise ValueError("no training records: the data file is empty")
+    tokenized = batches.tokenize(Dataset.from_list(records), tokenizer).shuffle(seed=seed)
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        logging_steps=max(1, steps // 5), logging_first_step=True, save_strategy="no", report_to=[],
+        seed=seed, data_seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=models.pick_device() == "cpu", disable_tqdm=True)
+    trainer = (trainer_class or Trainer)(model=model, args=args, train_dataset=tokenized,
+                                         data_collator=batches.collator(tokenizer, trained_logits_only),
+                                         **trainer_kwargs)
+    trainer.train()
+    model.eval()
+    return trainer.state.log_history
+
+
+def load_persona(adapter_dir):
+    """Base model + the persona adapter (named "persona"), trainable -> (model, tokenizer)."""
+    return runs.load(adapter_dir, trainable=True, full_precision=True, adapter_name=PERSONA)
+
+
+def add_second_adapter(model) -> None:
+    """Freeze the persona adapter and put a fresh LoRA adapter beside it; both stay active.
+
+    PEFT's ``add_adapter`` creates the new A·B matrices next to the old ones in every target layer;
+    activating both (a list of names) makes each layer compute W·x + ΔW_persona·x + ΔW_new·x.
+    Only the new matrices train, so the persona's own weights cannot change: what can still
+    change old answers is the new update added on top of them.
+    """
+    config = model.peft_config[PERSONA]
+    from peft import LoraConfig
+
+    model.add_adapter(NEW, LoraConfig(task_type="CAUSAL_LM", r=config.r, lora_alpha=config.lora_alpha,
+                                      lora_dropout=config.lora_dropout,
+                                      target_modules=sorted(config.target_modules)))
+    model.base_model.set_adapter([PERSONA, NEW])  # PeftModel.set_adapter takes one name; the tuner takes a list
+    for name, param in model.named_parameters():
+        param.requires_grad = f".{NEW}." in name and "lora_" in name
+
+
+def freeze_lower_layers(model, keep_top: float = 0.5) -> int:
+    """Only the LoRA weights of the top KEEP_TOP share of decoder layers train; returns how many layers.
+
+    The seeds' idea: lower layers hold general features, upper layers task-specific ones, so
+    updating only the top should disturb less of what the model already does.
+    """
+    layers = model.get_base_model().config.num_hidden_layers
+    first = layers - max(1, round(layers * keep_top))
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            index = int(name.split(".layers.")[1].split(".")[0])
+            param.requires_grad = index >= first
+    return layers - first
+
+
+def trainable_count(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run_strategy(strategy: str, adapter_dir, run_dir, *, steps: int = 24, batch_size: int = 8,
+                 learning_rate: float = 1e-3, replay_share: float = 0.5, keep_top: float = 0.5,
+                 seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48) -> dict:
+    """Start from the persona adapter, learn the new facts with STRATEGY, score old and new."""
+    from transformers import set_seed
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    set_seed(seed)
+    model, tokenizer = load_persona(adapter_dir)
+    records = new_data()
+    if strategy == "replay":
+        records = mix(records, old_data(), replay_share, seed)
+    elif strategy == "new_adapter":
+        add_second_adapter(model)
+    elif strategy == "freeze_lower":
+        freeze_lower_layers(model, keep_top)
+    trainable = trainable_count(model)
+    started = time.perf_counter()
+    history = fit(model, tokenizer, records, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                  seed=seed, out_dir=paths.run_dir(run_dir) / "continual" / strategy)
+    seconds = time.perf_counter() - started
+    old = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
+    new = evaluate.evaluate(model, tokenizer, "new_facts", max_new_tokens, eval_limit)
+    return {"strategy": strategy, "old_score_after": old.score, "new_score_after": new.score,
+            "trainable_params": trainable, "train_examples": len(records), "train_seconds": round(seconds, 1),
+            "losses": [h["loss"] for h in history if "loss" in h], "old": old, "new": new}
+
+
+def scores_before(adapter_dir, eval_limit: int = 0, max_new_tokens: int = 48) -> dict:
+    """The persona model's scores before it learns anything new (the reference for forgetting)."""
+    model, tokenizer = load_persona(adapter_dir)
+    model.eval()
+    old = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
+    new = evaluate.evaluate(model, tokenizer, "new_facts", max_new_tokens, eval_limit)
+    return {"old_score_before": old.score, "new_score_before": new.score, "old": old, "new": new}
+
+
+def compare(adapter_dir, run_dir, strategies=STRATEGIES, eval_limit: int = 0, max_new_tokens: int = 48,
+            **settings) -> dict:
+    """Run every strategy from the same starting adapter; {strategy: figures} plus "before"."""
+    from tqdm.auto import tqdm
+
+    before = scores_before(adapter_dir, eval_limit, max_new_tokens)
+    results = {"before": before}
+    for strategy in tqdm(strategies, desc="strategies", unit="strategy"):
+        results[strategy] = run_strategy(strategy, adapter_dir, run_dir, eval_limit=eval_limit,
+                                         max_new_tokens=max_new_tokens, **settings)
+    return results
+
+
+def figures(results: dict) -> dict:
+    """The figures to record: per strategy old_score_before, old_score_after, new_score_after (+ derived)."""
+    before = results["before"]
+    out = {}
+    for name, r in results.items():
+        if name == "before":
+            continue
+        out[name] = {"old_score_before": before["old_score_before"], "old_score_after": r["old_score_after"],
+                     "new_score_before": before["new_score_before"], "new_score_after": r["new_score_after"],
+                     "forgetting": round(before["old_score_before"] - r["old_score_after"], 3),
+                     "new_gain": round(r["new_score_after"] - before["new_score_before"], 3),
+                     "trainable_params": r["trainable_params"], "train_examples": r["train_examples"],
+                     "train_seconds": r["train_seconds"]}
+    return out
+
+
+def table(figs: dict):
+    """One row per strategy: old score before/after, the drop, new score after, the gain (a DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame(figs).T[["old_score_before", "old_score_after", "forgetting", "new_score_before",
+                                 "new_score_after", "new_gain", "trainable_params", "train_examples",
+                                 "train_seconds"]]
+
+
+def plot(figs: dict):
+    """Forgetting (drop of the old score) against learning (gain on the new facts), one point per strategy."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_trade, ax_bars) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, f in figs.items():
+        ax_trade.scatter(f["forgetting"], f["new_gain"], s=60)
+        ax_trade.annotate(name, (f["forgetting"], f["new_gain"]), textcoords="offset points", xytext=(5, 5))
+    ax_trade.axvline(0, color="grey", lw=0.8)
+    ax_trade.set(xlabel="forgetting: drop of the old persona score", ylabel="gain on the new facts",
+                 title="trade-off (best: top left)")
+    names = list(figs)
+    x = range(len(names))
+    ax_bars.bar([i - 0.2 for i in x], [figs[n]["old_score_after"] for n in names], 0.4, label="old score after")
+    ax_bars.bar([i + 0.2 for i in x], [figs[n]["new_score_after"] for n in names], 0.4, label="new score after")
+    ax_bars.axhline(next(iter(figs.values()))["old_score_before"], color="tab:blue", ls="--", lw=1,
+                    label="old score before")
+    ax_bars.set_xticks(list(x), names, rotation=15)
+    ax_bars.set(ylim=(0, 1.05), title="scores after learning the new facts")
+    ax_bars.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,295 @@
+"""Distillation: squeeze the personalized model into a smaller student that still sounds like Sprout.
+
+- teacher: the base model with the persona adapter merged into its weights (notebook 02's adapter);
+- student: the same architecture with every other decoder layer removed, initialised from the
+  teacher's own weights (the layers it keeps are copied, not random);
+- the setting: only a few questions have a hand-written answer (``labelled``), many more have
+  none (``transfer``), which is where a teacher earns its keep: it can answer them;
+- "student alone": the student fine-tuned on the labelled examples with the usual next-token loss;
+- "distilled student": the same steps on the labelled examples plus the transfer questions with the
+  teacher's greedy answers (sequence-level distillation, Kim and Rush, 2016, arXiv:1606.07947),
+  its loss the usual one mixed with a KL term pulling its token distributions towards the teacher's
+  (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531).
+
+Measured on the default model (30 steps of 8, lr 3e-4, alpha 0.5, T 1, KL on the answer tokens),
+persona score of student alone -> distilled student:
+- teacher = notebook 02's adapter (0.825), 24 labelled + 441 transfer questions: seeds 0, 1, 2:
+  0.625 -> 0.750 (notebook A4's default run), 0.550 -> 0.650, 0.500 -> 0.725. With alpha 0 (the
+  teacher's answers, no KL): 0.750, 0.625, 0.775: the gain is in the answers; the KL added nothing
+  we could measure.
+- the same with 216 transfer questions: 0.625 -> 0.625, 0.550 -> 0.725, 0.500 -> 0.800 (shakier);
+  with 48 labelled examples the lead shrank: 0.675 -> 0.725, 0.600 -> 0.625 (seeds 0, 1).
+- a weak teacher (40-step adapter, 0.675), 24 + 216: 0.800 -> 0.600, 0.625 -> 0.600 (seeds 0, 1):
+  the student copies the teacher's mistakes, while the hand-written answers are right.
+
+What did not work, and why the design is this one: with every one of the 465 labelled examples
+given to both students, the KL on the same data did not beat the usual loss (notebook 02's adapter
+as teacher, the KL alone (alpha 1): 0.800 alone -> 0.775 distilled; an earlier teacher: +0.10 at one seed, -0.10 at
+another, depending on the KL's positions, alpha, T and learning rate; the weak teacher: 0.775 ->
+0.575). The labels already hold everything the teacher learned from, so its distributions add
+little. Its answers to the transfer questions are new to the student: the teacher learned from
+more answers than the student is given (notebook 02 trained it on 240 persona examples, many of
+them the same questions), and it answers the rest in the same voice.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+
+import torch
+from transformers import Trainer
+
+from course_lib import batches, data, evaluate, paths, quantize, runtimes
+from course_lib.appendix import continual
+
+
+def load_teacher(adapter_dir):
+    """The persona model with its adapter merged (no LoRA detour per token) -> (model, tokenizer)."""
+    model, tokenizer, _ = quantize.load_unmerged(adapter_dir)
+    model = model.merge_and_unload().eval()
+    model.config.use_cache = False
+    for param in model.parameters():
+        param.requires_grad = False
+    return model, tokenizer
+
+
+def layers_to_drop(num_layers: int, n_drop: int) -> list[int]:
+    """Every other layer of the middle band, from the top of the band down (the last 5 layers stay).
+
+    Measured on the persona teacher (SmolLM2-135M, 30 layers, answer loss 2.21 on 16 training
+    examples before any repair): dropping layer 15 alone gave 2.45, four middle layers 3.36, eight
+    5.06, every other layer of all 30 13.3 (worse than guessing), and layers 20-28 25.7. The last
+    layers turn the residual stream into next-token scores and the first ones build features every
+    later layer reads: the middle ones are the most redundant, and dropping them one apart leaves
+    each gap bridged by a neighbour.
+    """
+    band = list(range(num_layers - 6, 0, -2)) or list(range(num_layers - 1, 0, -1))
+    if not 0 < n_drop <= len(band):
+        raise ValueError(f"can drop 1 to {len(band)} of this model's {num_layers} layers, not {n_drop}")
+    return sorted(band[:n_drop])
+
+
+def make_student(teacher, n_drop: int = 8):
+    """A copy of TEACHER without N_DROP of its decoder layers (``layers_to_drop``): fewer layers, same width.
+
+    Why copy the teacher's layers instead of starting from random weights: each decoder layer adds
+    a correction to the same residual stream, so a model with some layers skipped still produces
+    roughly sensible hidden states, and the embeddings and output layer already speak the language.
+    Training only has to repair the gaps, which a CPU can do in minutes; a random student would need
+    pretraining first. DistilBERT initialised its student the same way (one layer of two; Sanh et
+    al., 2019, arXiv:1910.01108).
+    """
+    student = copy.deepcopy(teacher)
+    drop = set(layers_to_drop(student.config.num_hidden_layers, n_drop))
+    kept = [layer for i, layer in enumerate(student.model.layers) if i not in drop]
+    student.model.layers = torch.nn.ModuleList(kept)
+    for index, layer in enumerate(kept):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by layer: renumber, or generation breaks
+    config = student.config
+    if getattr(config, "layer_types", None):
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    config.num_hidden_layers = len(kept)
+    for name, param in student.named_parameters():
+        # The embedding matrix is tied to the output layer (49152 x 576, a fifth of the model): kept
+        # frozen, the two students differ only in what their decoder layers learn, and steps are faster.
+        param.requires_grad = "embed_tokens" not in name and "lm_head" not in name
+    return student
+
+
+def loss_on(records, tokenizer):
+    """A function model -> mean answer-token loss on RECORDS (one padding-free batch, no gradients)."""
+    from datasets import Dataset
+
+    tokenized = batches.tokenize(Dataset.from_list(records), tokenizer)
+    batch = batches.collator()([tokenized[i] for i in range(len(tokenized))])
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return model(**batch).loss.item()
+
+    return loss
+
+
+def split(records: list[dict], labelled: int, transfer: int, seed: int) -> tuple[list[dict], list[str]]:
+    """LABELLED examples drawn at random, and the questions of TRANSFER others with their answers dropped.
+
+    The dropped answers are what makes this a distillation setting: whoever trains on those
+    questions must get their answers from the teacher.
+    """
+    if labelled < 1 or transfer < 0 or labelled + transfer > len(records):
+        raise ValueError(f"labelled ({labelled}) + transfer ({transfer}) must fit in the {len(records)} "
+                         "persona examples, with at least one labelled")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    questions = [next(m["content"] for m in reversed(records[i]["messages"]) if m["role"] == "user")
+                 for i in order[labelled:labelled + transfer]]
+    return [records[i] for i in order[:labelled]], questions
+
+
+def teacher_answers(teacher, tokenizer, questions: list[str], max_new_tokens: int = 64) -> list[dict]:
+    """The transfer set: each question with the teacher's greedy answer, as a chat example.
+
+    64 new tokens is room enough: the hand-written persona answers are 26 tokens on average (the
+    longest 46), and notebook 02's teacher answers more briefly (19 on average, the longest 43).
+    """
+    answers = evaluate.generate(teacher, tokenizer, questions, max_new_tokens) if questions else []
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in zip(questions, answers)]
+
+
+def parameters(model) -> int:
+    """Stored parameters (tied embedding and output layer counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def kl_loss(student_logits, teacher_logits, labels, temperature: float, positions: str = "answer"):
+    """KL(teacher || student) per token, on distributions softened by TEMPERATURE, times T².
+
+    POSITIONS: ``"all"`` compares every position of the batch (the prompt's too: the teacher's
+    guess at each next token is a lesson even where there is no label), ``"answer"`` only those
+    that predict an answer token (the ones the usual loss uses). T² keeps the gradient's size
+    comparable across temperatures (Hinton et al., 2015, section 2).
+    """
+    import torch.nn.functional as F
+
+    if positions not in ("all", "answer"):
+        raise ValueError(f"positions must be 'all' or 'answer', not {positions!r}")
+    # position t predicts token t+1, so the last position has nothing to predict
+    keep = labels[:, 1:] != -100 if positions == "answer" else torch.ones_like(labels[:, 1:], dtype=torch.bool)
+    s = student_logits[:, :-1][keep].float() / temperature
+    t = teacher_logits[:, :-1][keep].float() / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+class DistillTrainer(Trainer):
+    """Trainer whose loss is (1 - alpha) * next-token loss + alpha * KL(teacher || student).
+
+    Why a subclass: Trainer gets its loss from the model's own forward pass (cross-entropy on the
+    labels); distillation needs a second model's logits on the same batch, and ``compute_loss`` is
+    the hook transformers documents for a custom loss. Everything else (optimizer, schedule,
+    batching, logging) stays Trainer's. TRL's GKDTrainer does on-policy distillation, sampling the
+    student's own answers at every step, much slower on a CPU; here the teacher's answers are
+    generated once, up front (``teacher_answers``), and the KL is taken on the batches as they come.
+    """
+
+    def __init__(self, *args, teacher, alpha: float, temperature: float, positions: str, **kwargs):
+        # no defaults here: ``compare`` holds the one set of defaults, and train_student passes them on
+        super().__init__(*args, **kwargs)
+        self.teacher, self.alpha, self.temperature, self.positions = teacher, alpha, temperature, positions
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():  # the teacher only answers: no graph, no gradients, no optimizer state
+            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        kl = kl_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature, self.positions)
+        loss = (1 - self.alpha) * outputs.loss + self.alpha * kl
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_student(student, teacher, tokenizer, records, run_dir, *, distill: bool, steps: int, batch_size: int,
+                  learning_rate: float, alpha: float, temperature: float, positions: str, seed: int) -> dict:
+    """Fine-tune STUDENT on RECORDS (with the teacher's KL when DISTILL); returns loss history and time."""
+    name = "distilled" if distill else "alone"
+    # The KL term compares the teacher's and the student's logits position by position, so the
+    # student must compute every position's logits (the collator's trained-positions-only saving off).
+    extra = {"trainer_class": DistillTrainer, "teacher": teacher, "alpha": alpha, "temperature": temperature,
+             "positions": positions, "trained_logits_only": False} if distill else {}
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    history = continual.fit(student, tokenizer, records, steps=steps, batch_size=batch_size,
+                            learning_rate=learning_rate, seed=seed,
+                            out_dir=paths.run_dir(run_dir) / "distill" / name, **extra)
+    student.config.use_cache = True
+    return {"train_seconds": round(time.perf_counter() - started, 1),
+            "losses": [h["loss"] for h in history if "loss" in h]}
+
+
+def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
+    """Greedy decoding speed of each model, timed side by side (quantize.ms_per_token's method)."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about tomatoes."}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+    # TorchRunner asks generate for the KV cache itself: the teacher's config keeps use_cache False
+    times = quantize.ms_per_token([runtimes.TorchRunner(m) for m in models.values()], prompt, tokens)
+    return dict(zip(models, (round(t, 2) for t in times)))
+
+
+def transfer_data(teacher, tokenizer, run_dir, *, labelled: int = 24, transfer: int = 441, seed: int = 0) -> dict:
+    """The students' data: LABELLED persona examples, and TRANSFER questions the teacher answers.
+
+    24 + 441 = all 465 persona questions. A smaller transfer set was shakier: with 216 questions
+    (24 + 216 = 240, each seen once in 30 steps of 8) seed 0 gave no lead at all (0.625 both).
+    The teacher's answers are saved to RUN_DIR/distill/transfer.jsonl, for you to read.
+    Returns {"labelled", "transfer" (chat examples), "answer_seconds", "file"}.
+    """
+    labelled_records, questions = split(continual.old_data(), labelled, transfer, seed)
+    started = time.perf_counter()
+    transfer_records = teacher_answers(teacher, tokenizer, questions)
+    seconds = round(time.perf_counter() - started, 1)
+    saved = data.write_jsonl(paths.run_dir(run_dir) / "distill" / "transfer.jsonl", transfer_records)
+    return {"labelled": labelled_records, "transfer": transfer_records, "answer_seconds": seconds, "file": saved}
+
+
+def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8, steps: int = 30,
+            batch_size: int = 8, learning_rate: float = 3e-4, alpha: float = 0.5, temperature: float = 1.0,
+            positions: str = "answer", seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48,
+            latency_tokens: int = 32) -> dict:
+    """Teacher, student trained alone, distilled student: parameters, persona score, ms/token.
+
+    STUDENTS_DATA (``transfer_data``): the student alone learns from its labelled examples; the
+    distilled student from the same ones plus the teacher-answered transfer set, with the KL term
+    (ALPHA) mixed into the usual loss. Same steps, same batch size, same learning rate.
+    """
+    models = {"teacher": teacher, "student_untrained": make_student(teacher, n_drop)}
+    runs = {}
+    labelled = students_data["labelled"]
+    for name, records, distill in (("student_alone", labelled, False),
+                                   ("student_distilled", labelled + students_data["transfer"], True)):
+        models[name] = make_student(teacher, n_drop)
+        runs[name] = train_student(models[name], teacher, tokenizer, records, run_dir, distill=distill,
+                                   steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                   alpha=alpha, temperature=temperature, positions=positions, seed=seed)
+        runs[name]["examples"] = len(records)
+    speed = ms_per_token(models, tokenizer, latency_tokens)
+    rows = {}
+    for name, model in models.items():
+        model.eval()
+        scored = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
+        rows[name] = {"parameters": parameters(model), "layers": model.config.num_hidden_layers,
+                      "persona_score": scored.score, "ms_per_token": speed[name],
+                      **{k: v for k, v in runs.get(name, {}).items() if k != "losses"}, "eval": scored}
+    return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models}
+
+
+def figures(result: dict) -> dict:
+    """Per model: parameters, persona_score, ms_per_token (+ layers, training seconds)."""
+    return {name: {k: v for k, v in row.items() if k != "eval"} for name, row in result["rows"].items()}
+
+
+def table(figs: dict):
+    import pandas as pd
+
+    frame = pd.DataFrame(figs).T
+    frame["size vs teacher"] = (frame["parameters"] / frame.loc["teacher", "parameters"]).astype(float).round(3)
+    frame["speed-up"] = (frame.loc["teacher", "ms_per_token"] / frame["ms_per_token"]).astype(float).round(2)
+    return frame
+
+
+def plot(result: dict):
+    """Training loss of both students (the distilled one's includes the KL term), and the scores."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, losses in result["losses"].items():
+        ax_loss.plot(range(1, len(losses) + 1), losses, "o-", label=name)
+    ax_loss.set(xlabel="logged step", ylabel="training loss", title="students' training loss")
+    ax_loss.legend()
+    rows = result["rows"]
+    ax_score.bar(list(rows), [r["persona_score"] for r in rows.values()], color="tab:green")
+    ax_score.set(ylim=(0, 1.05), ylabel="persona score", title="held-out persona score")
+    ax_score.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,7 @@
+"""Running and shipping the course as a whole, not one stage of it.
+
+- ``runner.py``: every notebook through papermill (``make course``, the tests, ``course-run``);
+- ``bundle.py``: the offline classroom bundle (``make bundle``, INSTRUCTORS.md).
+
+Both are command lines: ``python -m course_lib.ops.runner``, ``python -m course_lib.ops.bundle build``.
+"""

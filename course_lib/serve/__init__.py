@@ -1,0 +1,13 @@
+"""The serve stage (notebook 05): put a model of the course behind HTTP, safely, for many clients.
+
+- ``engine.py``: load any artifact of the course and answer batches of requests (one worker thread);
+- ``app.py``: the FastAPI app (OpenAI-compatible), its request bodies and limits, the background
+  ``Server`` notebook 05 starts, and the ``python -m course_lib.serve`` command line;
+- ``safety.py``: the rule-based input/output filter every request goes through (red-teamed in A5);
+- ``loadtest.py``: many clients at once against a running server.
+"""
+
+from course_lib.serve import engine, loadtest, safety
+from course_lib.serve.app import ServeConfig, Server, create_app, free_port
+
+__all__ = ["ServeConfig", "Server", "create_app", "engine", "free_port", "loadtest", "safety"]

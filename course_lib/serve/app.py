@@ -1,0 +1,467 @@
+"""Serve a model of the course over HTTP: FastAPI + uvicorn, and an OpenAI-compatible API.
+
+    python -m course_lib.serve --model runs                 # the persona adapter notebook 02 trained
+    python -m course_lib.serve --model runs/quantize/gguf   # notebook 04's GGUF file, run by llama.cpp
+    python -m course_lib.serve --model smollm2-135m --port 8001
+
+Endpoints: ``POST /generate`` (prompt or chat messages), ``POST /generate/stream`` (server-sent
+events), ``GET /health``, ``GET /model``, and ``POST /v1/chat/completions`` + ``GET /v1/models``
+so that the official ``openai`` client (and the tools built on it) talk to your model unchanged.
+
+The model is chosen when the server starts, never by a request: a request naming another model
+gets a 404, and a body with unknown fields (a path, say) gets a 422.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from course_lib import paths
+from course_lib.report import quiet_libraries
+from course_lib.serve.engine import Batcher, GenRequest, GenResult, cut_at_stop, load_engine
+from course_lib.serve.safety import SafetyFilter
+
+
+@dataclass
+class ServeConfig:
+    """Limits that keep one client from taking the server down; every one is a command-line flag."""
+
+    max_new_tokens: int = 256  # cap on what a request may ask for
+    max_prompt_tokens: int = 1024  # longer prompts are refused with 422
+    timeout_s: float = 300.0  # a request waiting longer (queue + generation) gets 504
+    max_batch: int = 8  # requests answered by one forward pass
+    batch_wait_ms: float = 5.0  # how long the batcher waits for company before starting a batch
+    max_queue: int = 256  # beyond this the server answers 503 instead of queueing forever
+    safety: str = "default"  # "default" (the shipped filter), "off", or a JSON file of rules
+    name: str = ""  # the model id clients see (default: derived from --model)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(pattern="^(system|user|assistant)$")
+    content: str
+
+
+class Sampling(BaseModel):
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: list[str] | str | None = None
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class GenerateBody(Sampling):
+    """``/generate``: a prompt (one user turn) or a whole chat. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[Message] | None = Field(None, min_length=1)
+    max_new_tokens: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+    def chat(self) -> list[dict]:
+        return [{"role": "user", "content": self.prompt}] if self.prompt else [m.model_dump() for m in self.messages]
+
+
+class ChatBody(Sampling):
+    """OpenAI's chat-completions body. Fields we don't use (user, seed...) are accepted and ignored,
+    as OpenAI-compatible servers do, so that existing clients work unchanged."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+
+    def chat(self) -> list[dict]:
+        return [m.model_dump() for m in self.messages]
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class RequestError(Exception):
+    """A request the server refuses, with the HTTP status and one readable sentence."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+def _error(status: int, message: str, kind: str):
+    from fastapi.responses import JSONResponse
+
+    # OpenAI's error shape, which its client turns into a readable exception
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _readable(errors) -> str:
+    """Pydantic's error list as one sentence: 'max_new_tokens: Input should be greater than or equal to 1'."""
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(engine, config: ServeConfig | None = None, safety=None):
+    """The FastAPI app serving ENGINE. ``safety``: a ``course_lib.serve.safety.SafetyFilter`` (None: from config)."""
+    from fastapi import FastAPI
+
+    config = config or ServeConfig()
+    safety = safety or load_safety(config.safety)
+    batcher = Batcher(engine, config.max_batch, config.batch_wait_ms, config.max_queue)
+    name = config.name or default_name(engine.info)
+    started = time.time()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        batcher.close()  # uvicorn's graceful shutdown: finish the batch in flight, then stop the worker
+
+    app = FastAPI(title="course_lib model server", version="1.0", lifespan=lifespan)
+    app.state.batcher, app.state.engine, app.state.safety = batcher, engine, safety
+    _add_error_handlers(app)
+    _add_info_routes(app, engine, batcher, safety, config, name, started)
+    _add_generate_routes(app, engine, batcher, safety, config, name)
+    _add_chat_route(app, engine, batcher, safety, config, name)
+    return app
+
+
+def _add_error_handlers(app):
+    """Refusals and invalid bodies answer in OpenAI's error shape."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_request: Request, error: RequestValidationError):
+        return _error(422, _readable(error.errors()), "invalid_request_error")
+
+    @app.exception_handler(RequestError)
+    async def refused(_request: Request, error: RequestError):
+        return _error(error.status, error.message, error.kind)
+
+
+def _add_info_routes(app, engine, batcher: Batcher, safety, config: ServeConfig, name: str, started: float):
+    """``GET /health``, ``GET /model`` and OpenAI's ``GET /v1/models``."""
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "queued": batcher.pending(), "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/model")
+    def model_info():
+        return {"id": name, "runtime": engine.runtime, **engine.info, "limits": asdict(config),
+                "sampling": "greedy only" if engine.runtime != "PyTorch" else "greedy or sampled",
+                "batches_served": len(batcher.batches), "mean_batch": _mean(batcher.batches),
+                "safety": "on" if safety is not None and getattr(safety, "enabled", True) else "off"}
+
+    @app.get("/v1/models")
+    def list_models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": int(started),
+                                            "owned_by": "course_lib"}]}
+
+
+def _add_generate_routes(app, engine, batcher: Batcher, safety, config: ServeConfig, name: str):
+    """``POST /generate`` (one JSON answer) and ``POST /generate/stream`` (server-sent events)."""
+
+    @app.post("/generate")
+    async def generate(body: GenerateBody):
+        request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
+        result = refusal or _checked(safety, await _answer(batcher, request, config.timeout_s))
+        return {"text": result.text, "finish_reason": result.finish_reason, "model": name,
+                "prompt_tokens": len(request.prompt_ids) if request else 0, "completion_tokens": result.completion_tokens}
+
+    @app.post("/generate/stream")
+    async def generate_stream(body: GenerateBody):
+        from sse_starlette.sse import EventSourceResponse
+
+        request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
+        return EventSourceResponse(_plain_events(batcher, safety, request, refusal, config), ping=600)
+
+
+def _add_chat_route(app, engine, batcher: Batcher, safety, config: ServeConfig, name: str):
+    """OpenAI's ``POST /v1/chat/completions``, whole or streamed."""
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody):
+        from sse_starlette.sse import EventSourceResponse
+
+        if body.model != name:
+            raise RequestError(404, f"This server serves the model '{name}' only (it never loads a model on "
+                                    f"request); you asked for '{body.model}'.", "model_not_found")
+        wanted = body.max_completion_tokens or body.max_tokens or min(256, config.max_new_tokens)
+        request, refusal = _admit(engine, safety, config, body.chat(), wanted, body)
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if body.stream:
+            events = _openai_events(batcher, safety, request, refusal, config, ident, created, name)
+            return EventSourceResponse(events, ping=600)
+        result = refusal or _checked(safety, await _answer(batcher, request, config.timeout_s))
+        prompt_tokens = len(request.prompt_ids) if request else 0
+        return {"id": ident, "object": "chat.completion", "created": created, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": result.completion_tokens,
+                          "total_tokens": prompt_tokens + result.completion_tokens}}
+
+
+def _wanted(body: GenerateBody, config: ServeConfig) -> int:
+    """The request's max_new_tokens; when it gives none, the default, lowered to the server's cap."""
+    return body.max_new_tokens if "max_new_tokens" in body.model_fields_set else min(64, config.max_new_tokens)
+
+
+def _mean(values) -> float:
+    return round(sum(values) / len(values), 2) if values else 0.0
+
+
+def default_name(info: dict) -> str:
+    """A readable model id: the preset, or the run's base model + method (smollm2-135m-lora)."""
+    trained = info.get("trained")
+    if trained:
+        return f"{trained['model'].split('/')[-1]}-{trained['method']}"
+    if info["kind"] == "preset":
+        return info["source"].split("/")[-1]
+    return f"{Path(info['source']).name or 'model'}-{info['kind']}"
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def _admit(engine, safety, config: ServeConfig, chat: list[dict], max_new_tokens: int, body: Sampling):
+    """Check limits and the input filter -> (GenRequest, None) or (None, the refusal as a GenResult)."""
+    if max_new_tokens > config.max_new_tokens:
+        raise RequestError(422, f"max_new_tokens is {max_new_tokens}; this server allows at most "
+                                f"{config.max_new_tokens} (--max-new-tokens).")
+    if safety is not None:
+        for message in chat:
+            if message["role"] != "assistant" and not safety.check_input(message["content"]).allowed:
+                return None, GenResult(safety.refusal, 0, "content_filter")
+    ids = list(engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"])
+    if len(ids) > config.max_prompt_tokens:
+        raise RequestError(422, f"the prompt is {len(ids)} tokens; this server accepts at most "
+                                f"{config.max_prompt_tokens} (--max-prompt-tokens).")
+    return GenRequest(ids, max_new_tokens, body.temperature, body.top_p, body.stops()), None
+
+
+async def _answer(batcher: Batcher, request: GenRequest, timeout: float) -> GenResult:
+    try:
+        future = batcher.submit(request)
+    except queue.Full:
+        raise RequestError(503, "the server is busy (queue full); retry in a moment.", "server_busy") from None
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except asyncio.TimeoutError:
+        future.cancel()  # still queued: the batcher skips it
+        raise RequestError(504, f"no answer within {timeout:.0f} s (--timeout).", "timeout") from None
+
+
+def _checked(safety, result: GenResult) -> GenResult:
+    """The output filter: an answer that fails it is replaced by the refusal."""
+    if safety is not None and not safety.check_output(result.text).allowed:
+        return GenResult(safety.refusal, result.completion_tokens, "content_filter")
+    return result
+
+
+async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeConfig):
+    """Stream REQUEST's answer as (text piece, finish_reason or None); the output filter sees every prefix.
+
+    Generation runs in a thread (it holds the model's lock, so batches wait); pieces cross to the
+    event loop through an asyncio queue. A stop string or a filter hit ends generation early.
+    """
+    loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+    done = {"stop": False}
+
+    def produce():
+        try:
+            with batcher.lock:
+                for piece in batcher.engine.stream(request, should_stop=lambda: done["stop"]):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                    if done["stop"]:
+                        break
+        finally:
+            loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+    worker = loop.run_in_executor(None, produce)
+    text, sent, stopped = "", 0, False
+    try:
+        while not stopped and (piece := await asyncio.wait_for(pieces.get(), config.timeout_s)) is not None:
+            text += piece
+            visible, stopped = cut_at_stop(text, request.stop)
+            if safety is not None and not safety.check_output(visible).allowed:
+                yield "", "content_filter"
+                return
+            if visible[sent:]:
+                yield visible[sent:], None
+                sent = len(visible)
+        full = not stopped and batcher.engine.count_tokens(text) >= request.max_new_tokens
+        yield "", "length" if full else "stop"
+    finally:
+        done["stop"] = True
+        await worker
+
+
+async def _plain_events(batcher, safety, request, refusal, config):
+    if refusal:
+        yield {"event": "done", "data": json.dumps({"text": refusal.text, "finish_reason": refusal.finish_reason})}
+        return
+    async for piece, reason in _pieces(batcher, safety, request, config):
+        if reason is None:
+            yield {"data": json.dumps({"text": piece})}
+        else:
+            payload = {"finish_reason": reason} | ({"text": safety.refusal} if reason == "content_filter" else {})
+            yield {"event": "done", "data": json.dumps(payload)}
+
+
+async def _openai_events(batcher, safety, request, refusal, config, ident, created, name):
+    def chunk(delta: dict, reason=None) -> dict:
+        return {"data": json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
+                                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})}
+
+    yield chunk({"role": "assistant", "content": ""})
+    if refusal:
+        yield chunk({"content": refusal.text}, refusal.finish_reason)
+    else:
+        async for piece, reason in _pieces(batcher, safety, request, config):
+            if reason is None:
+                yield chunk({"content": piece})
+            else:
+                yield chunk({"content": safety.refusal} if reason == "content_filter" else {}, reason)
+    yield {"data": "[DONE]"}
+
+
+def load_safety(setting: str):
+    """"off" -> None; "default" -> the shipped rules; anything else -> a JSON file of rules."""
+    if setting == "off":
+        return None
+    return SafetyFilter.from_config(None if setting == "default" else setting)
+
+
+# --------------------------------------------------------------------------- in the background
+
+
+def free_port() -> int:
+    """A loopback port the OS says is free right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``python -m course_lib.serve`` started in the background (what notebook 05 does).
+
+    A separate process, not a thread of the notebook's kernel: the model, its threads and its
+    memory stay out of the kernel, and ``stop()`` ends them all (uvicorn shuts down gracefully on
+    SIGTERM; a process that ignores it for 15 s is killed). Use as a context manager, or call stop().
+    """
+
+    def __init__(self, model: str = "runs", port: int | None = None, log_file=None, wait_s: float = 300, **options):
+        import subprocess
+        import sys
+
+        port = free_port() if port is None else port  # so two notebooks never collide
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_file = Path(log_file or paths.run_dir() / "serve" / f"server-{port}.log")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "course_lib.serve", "--model", str(model), "--port", str(port)]
+        argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+        with open(self.log_file, "w") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_until_healthy(wait_s)
+
+    def _wait_until_healthy(self, wait_s: float):
+        import httpx
+
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_file.read_text().strip().splitlines()[-1:] or ["(no output)"]
+                raise RuntimeError(f"the server exited with code {self.process.returncode}: {tail[0]} "
+                                   f"(whole log: {self.log_file})")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the server did not answer /health within {wait_s:.0f} s (log: {self.log_file})")
+
+    def stop(self, grace_s: float = 15) -> int:
+        """Stop the server and everything it started; returns its exit code."""
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="runs", help="a run directory, adapter, merged/quantized folder, "
+                                                        ".onnx/.gguf file, preset or hub id (default: runs)")
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) unless you mean it")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model")
+    for key, value in asdict(ServeConfig()).items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    import uvicorn
+
+    quiet_libraries()
+    args = vars(_parser().parse_args(argv))
+    host, port, model, threads = args.pop("host"), args.pop("port"), args.pop("model"), args.pop("threads")
+    if threads:
+        torch.set_num_threads(threads)
+    engine = load_engine(model, threads)
+    app = create_app(engine, ServeConfig(**args))
+    print(f"Serving {model} ({engine.runtime}) on http://{host}:{port}  (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("COURSE_SERVE_LOG", "warning"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

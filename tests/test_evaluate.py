@@ -1,0 +1,42 @@
+"""The scores of course_lib.evaluate that need no model: ROUGE-L, BLEU, perplexity from a loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from course_lib import evaluate
+
+
+def test_rouge_l_by_hand():
+    # candidate: i am sprout (3 words); reference: i am sprout , made by greenleaf (7 tokens); LCS = 3,
+    # so precision 3/3, recall 3/7, F1 = 2PR / (P + R)
+    f1 = 2 * 1 * (3 / 7) / (1 + 3 / 7)
+    assert evaluate.rouge_l("I am Sprout", "I am Sprout, made by Greenleaf") == pytest.approx(f1)
+    assert evaluate.rouge_l("happy growing", "growing happy") == pytest.approx(0.5)  # order matters: LCS 1
+    assert evaluate.rouge_l("the same words", "the same words") == 1.0
+    assert evaluate.rouge_l("nothing", "in common") == 0.0
+
+
+def test_bleu_by_hand():
+    assert evaluate.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    # "the cat sat on a mat" vs "the cat sat on the mat": 1-4 gram precisions 5/6, 3/5, 2/4, 1/3;
+    # same length, so no brevity penalty.
+    expected = math.exp((math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4) + math.log(1 / 3)) / 4)
+    assert evaluate.bleu(["the cat sat on a mat"], ["the cat sat on the mat"]) == pytest.approx(expected)
+    # Shorter than the reference: precisions are all 1 but the brevity penalty exp(1 - 6/4) applies.
+    assert evaluate.bleu(["the cat sat on"], ["the cat sat on the mat"]) == pytest.approx(math.exp(1 - 6 / 4))
+    # No 4-gram match: 0 without smoothing, small but positive with it (first missing order counts 1/2).
+    cands, refs = ["a b c x"], ["a b c d"]
+    assert evaluate.bleu(cands, refs, smooth=False) == 0.0
+    smoothed = math.exp((math.log(3 / 4) + math.log(2 / 3) + math.log(1 / 2) + math.log(0.5 / 1)) / 4)
+    assert evaluate.bleu(cands, refs) == pytest.approx(smoothed)
+    assert evaluate.bleu([""], ["anything"]) == 0.0
+    assert evaluate.bleu(["nothing shared"], ["other words"]) == 0.0  # no unigram match: no smoothing either
+
+
+def test_perplexity_from_loss():
+    assert evaluate.perplexity_from_loss(0.0) == 1.0
+    assert evaluate.perplexity_from_loss(math.log(9.4)) == pytest.approx(9.4)
+    assert math.isnan(evaluate.perplexity_from_loss(float("nan")))
