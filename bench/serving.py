@@ -50,7 +50,7 @@ def _served(engine, prompt_ids, new_tokens):
 def decode(model_name: str, new_tokens: int = 48, rounds: int = 2) -> dict:
     """Decode tokens/s and time to first token, naive loop vs the served engine, at batch 1."""
     from course_lib import models
-    from course_lib.quantize import _chat_ids
+    from course_lib.quantize.measure import _chat_ids
     from course_lib.serve import engine as engines
 
     model, tokenizer = models.load(model_name)

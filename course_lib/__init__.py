@@ -1,8 +1,14 @@
 """course_lib: the code behind the notebooks of the small-language-model fine-tuning course.
 
-One module per course stage (env, data, batches, models, train, evaluate, ...), plus small shared
-pieces (paths, report, runner). Notebooks import the stage they teach; nothing here imports a
-notebook.
+Read it from the bottom up. Small shared modules, which import nothing above them:
+paths, versions, report, procmem (memory probes), ui (panels and tables), models (load a preset,
+a hub id or a folder), runs (a saved training run: find it, read its settings, load it), runtimes
+(PyTorch / ONNX Runtime / llama.cpp behind one interface), batches, evaluate, env.
+Then one module or folder per course stage, each importing only what lies below it:
+data/ (01), train and compare (02), monitor/ (03), memory/ (00's planner), quantize/ (04),
+serve/ (05). appendix/ holds the appendix notebooks' code and ops/ the maintainers' tools (the
+notebook runner, the offline bundle); no core stage imports either. tests/test_layout.py keeps
+this shape: no import cycles, no file over 500 lines.
 """
 
 __version__ = "0.1.0"

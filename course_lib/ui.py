@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 
 def headless() -> bool:
-    """True when no front end can show widgets (set by course_lib.runner for papermill runs)."""
+    """True when no front end can show widgets (set by course_lib.ops.runner for papermill runs)."""
     return os.environ.get("COURSE_HEADLESS") == "1"
 
 

@@ -6,6 +6,7 @@ Notebook runs go through course_lib.ops.runner.run_notebook, the same path `make
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def default_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def monitor_lab(tmp_path_factory) -> Path:
+    """One run directory for the monitor's tests (tests/test_monitor_*.py): its dataset is built once."""
+    return tmp_path_factory.mktemp("monitor_lab")
+
+
+@pytest.fixture(scope="session")
 def course_run_dir(tmp_path_factory) -> Path:
     """One run directory for every notebook of the session, so later stages find earlier artifacts."""
     return tmp_path_factory.mktemp("course_run")
@@ -58,3 +65,54 @@ def executed(course_run_dir):
 
     run.notebooks = notebooks
     return run
+
+
+# --------------------------------------------------------------------------- the quantize stage's merge
+# Shared by tests/test_quantize_*.py: one random adapter on the tiny model, merged once per session.
+
+
+def _save_random_adapter(base_dir: Path, out: Path, method: str = "lora") -> Path:
+    """A LoRA adapter with random (non-zero) B, saved like course_lib.train saves one: no training needed."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))  # random B: the merge must matter
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    (out / "course_train.json").write_text(json.dumps({"model": str(base_dir), "method": method}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def qrun(tmp_path_factory):
+    return tmp_path_factory.mktemp("quantize_run")
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny_model_dir, qrun):
+    return _save_random_adapter(tiny_model_dir, qrun / "train" / "lora" / "final")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(adapter):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(adapter)
+
+
+@pytest.fixture(scope="session")
+def data(tokenizer, qrun):
+    from course_lib import quantize
+
+    return quantize.eval_data(tokenizer, qrun, ppl_examples=4, persona_questions=3, max_new_tokens=6, latency_tokens=4)
+
+
+@pytest.fixture(scope="session")
+def merged(adapter, qrun, data):
+    from course_lib import quantize
+
+    return quantize.merge(adapter, qrun / "quantize" / "merged", data)

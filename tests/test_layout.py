@@ -135,3 +135,12 @@ def test_the_guards_see_what_they_guard():
     graph = _graph()
     assert "course_lib.runs" in graph["course_lib.engine" if "course_lib.engine" in graph else "course_lib.serve.engine"]
     assert "course_lib.models" in graph["course_lib.runs"]
+
+
+def test_course_lib_imports_sit_at_the_top():
+    """A file's header says what it depends on: no course_lib import hides inside a function."""
+    hidden = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in _modules().values()
+              for function in ast.walk(_tree(path)) if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+              for node in ast.walk(function)
+              if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("course_lib"))]
+    assert not hidden, "move these imports to the top of their file:\n" + "\n".join(hidden)

@@ -17,16 +17,10 @@ from transformers import TrainerCallback
 from course_lib import monitor, runs
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """One run directory (dataset built once) for the module's runs."""
-    return tmp_path_factory.mktemp("monitor_lab")
-
-
-def _run(name, lab, tiny_model_dir, **kw):
+def _run(name, monitor_lab, tiny_model_dir, **kw):
     settings = dict(model=str(tiny_model_dir), method="full", learning_rate=3e-3, max_steps=12, max_examples=48,
                     tensorboard=False, quiet=True, seed=0)
-    return monitor.run(name, lab, **{**settings, **kw})
+    return monitor.run(name, monitor_lab, **{**settings, **kw})
 
 
 # --------------------------------------------------------------------------- faults to inject
@@ -64,8 +58,8 @@ def _embedding(model):
 
 
 @pytest.mark.slow
-def test_a_healthy_run_records_every_step_and_raises_no_alert(lab, tiny_model_dir):
-    run = _run("healthy", lab, tiny_model_dir, eval_every=4, tensorboard=True)
+def test_a_healthy_run_records_every_step_and_raises_no_alert(monitor_lab, tiny_model_dir):
+    run = _run("healthy", monitor_lab, tiny_model_dir, eval_every=4, tensorboard=True)
     steps = [r for r in run.monitor.records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
     for r in steps:
@@ -79,7 +73,7 @@ def test_a_healthy_run_records_every_step_and_raises_no_alert(lab, tiny_model_di
     assert sorted(evals) == [0, 4, 8, 12]  # step 0 is the baseline
     assert evals[12] < evals[0] - 0.5 and steps[-1]["loss"] < steps[0]["loss"]
     assert run.alerts == [] and not run.monitor.early_stopped
-    assert run.monitor.figure_path.exists() and not (lab / "monitor" / "healthy.alerts.log").exists()
+    assert run.monitor.figure_path.exists() and not (monitor_lab / "monitor" / "healthy.alerts.log").exists()
     table = run.monitor.table()
     assert "grad layers 0-0" in table.columns and len(table) == 13
 
@@ -88,50 +82,50 @@ def test_a_healthy_run_records_every_step_and_raises_no_alert(lab, tiny_model_di
 
 
 @pytest.mark.slow
-def test_nan_loss_alert_fires_and_stops_the_run(lab, tiny_model_dir):
+def test_nan_loss_alert_fires_and_stops_the_run(monitor_lab, tiny_model_dir):
     poison = AtStep(4, lambda m: _embedding(m).fill_(float("nan")))
-    run = _run("nan", lab, tiny_model_dir, callbacks=[poison])
+    run = _run("nan", monitor_lab, tiny_model_dir, callbacks=[poison])
     assert run.alerts[0] == "nan_loss" and run.monitor.alerts[0].step == 4
     assert run.result.steps == 4  # stopped at once instead of training 8 more NaN steps
     assert "Lower the learning rate" in run.monitor.alerts[0].message
-    assert "nan_loss" in (lab / "monitor" / "nan.alerts.log").read_text()
+    assert "nan_loss" in (monitor_lab / "monitor" / "nan.alerts.log").read_text()
 
 
 @pytest.mark.slow
-def test_loss_spike_alert(lab, tiny_model_dir):
+def test_loss_spike_alert(monitor_lab, tiny_model_dir):
     corrupt = AtStep(8, lambda m: _embedding(m).mul_(30.0))  # a wild update: logits 30x too confident
-    run = _run("spike", lab, tiny_model_dir, callbacks=[corrupt])
+    run = _run("spike", monitor_lab, tiny_model_dir, callbacks=[corrupt])
     spike = next(a for a in run.monitor.alerts if a.kind == "loss_spike")
     assert spike.step == 8 and "nan_loss" not in run.alerts
 
 
 @pytest.mark.slow
-def test_exploding_gradients_alert(lab, tiny_model_dir):
-    run = _run("exploding", lab, tiny_model_dir, max_steps=4, callbacks=[ScaleGradients(1e4)])
+def test_exploding_gradients_alert(monitor_lab, tiny_model_dir):
+    run = _run("exploding", monitor_lab, tiny_model_dir, max_steps=4, callbacks=[ScaleGradients(1e4)])
     assert "exploding_gradients" in run.alerts and run.monitor.alerts[0].step == 1
     assert "vanishing_gradients" not in run.alerts
 
 
 @pytest.mark.slow
-def test_vanishing_gradients_alert_needs_several_small_steps(lab, tiny_model_dir):
-    run = _run("vanishing", lab, tiny_model_dir, max_steps=4, callbacks=[ScaleGradients(1e-6)])
+def test_vanishing_gradients_alert_needs_several_small_steps(monitor_lab, tiny_model_dir):
+    run = _run("vanishing", monitor_lab, tiny_model_dir, max_steps=4, callbacks=[ScaleGradients(1e-6)])
     alert = next(a for a in run.monitor.alerts if a.kind == "vanishing_gradients")
     assert alert.step == monitor.Rules().vanishing_steps  # not at step 1: one small norm is harmless
     assert "exploding_gradients" not in run.alerts
 
 
 @pytest.mark.slow
-def test_no_progress_alert_on_a_learning_rate_far_too_low(lab, tiny_model_dir):
-    run = _run("flat", lab, tiny_model_dir, learning_rate=1e-9, max_steps=8, eval_every=4)
+def test_no_progress_alert_on_a_learning_rate_far_too_low(monitor_lab, tiny_model_dir):
+    run = _run("flat", monitor_lab, tiny_model_dir, learning_rate=1e-9, max_steps=8, eval_every=4)
     assert run.alerts == ["no_progress"]
     assert run.monitor.alerts[0].step == 8
 
 
 @pytest.mark.slow
-def test_overfitting_is_caught_and_early_stopping_stops(lab, tiny_model_dir):
+def test_overfitting_is_caught_and_early_stopping_stops(monitor_lab, tiny_model_dir):
     # 4 examples seen over and over: the tiny model first learns what all answers share (validation
     # loss falls), then memorizes these four (validation loss rises while training loss keeps falling).
-    run = _run("overfit", lab, tiny_model_dir, max_examples=4, batch_size=4, max_steps=200, eval_every=5,
+    run = _run("overfit", monitor_lab, tiny_model_dir, max_examples=4, batch_size=4, max_steps=200, eval_every=5,
                learning_rate=3e-3)
     assert "overfitting" in run.alerts
     assert run.monitor.early_stopped and run.result.steps < 200

@@ -10,12 +10,6 @@ from course_lib import monitor
 from course_lib.monitor.optuna_search import _PruneOnLoss
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """One run directory (dataset built once) for the module's runs."""
-    return tmp_path_factory.mktemp("monitor_lab")
-
-
 def test_pruning_callback_stops_a_trial():
     import optuna
     from transformers import TrainerControl, TrainerState
@@ -40,14 +34,14 @@ def test_pruning_callback_stops_a_trial():
 
 
 @pytest.mark.slow
-def test_search_runs_its_trials_and_reports_the_best(lab, tiny_model_dir):
-    study = monitor.search(str(tiny_model_dir), lab, n_trials=4, steps=3, seed=0)
+def test_search_runs_its_trials_and_reports_the_best(monitor_lab, tiny_model_dir):
+    study = monitor.search(str(tiny_model_dir), monitor_lab, n_trials=4, steps=3, seed=0)
     assert len(study.trials) == 4
     best = study.best_trial
     assert 1e-4 <= best.params["learning_rate"] <= 3e-2 and best.params["lora_r"] in (4, 8, 16, 32)
     done = monitor.complete_trials(study)
     assert math.isfinite(best.value) and best.value == min(t.value for t in done)
-    assert not list((lab / "monitor" / "train" / "optuna").glob("trial-*"))  # scratch folders removed
+    assert not list((monitor_lab / "monitor" / "train" / "optuna").glob("trial-*"))  # scratch folders removed
     table = monitor.trials_table(study)
     assert len(table) == 4 and {"learning_rate", "lora_r", "lora_alpha", "state", "val_loss"} <= set(table.columns)
     assert table["val_loss"].notna().sum() == len(done)  # a pruned trial has no validation loss

@@ -7,21 +7,15 @@ import pytest
 from course_lib import monitor
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """One run directory (dataset built once) for the module's runs."""
-    return tmp_path_factory.mktemp("monitor_lab")
-
-
-def _run(name, lab, tiny_model_dir, **kw):
+def _run(name, monitor_lab, tiny_model_dir, **kw):
     settings = dict(model=str(tiny_model_dir), method="full", learning_rate=3e-3, max_steps=12, max_examples=48,
                     tensorboard=False, quiet=True, seed=0)
-    return monitor.run(name, lab, **{**settings, **kw})
+    return monitor.run(name, monitor_lab, **{**settings, **kw})
 
 
 @pytest.mark.slow
-def test_tensorboard_event_files_read_back(lab, tiny_model_dir):
-    run = _run("tb", lab, tiny_model_dir, max_steps=4, eval_every=2, tensorboard=True)
+def test_tensorboard_event_files_read_back(monitor_lab, tiny_model_dir):
+    run = _run("tb", monitor_lab, tiny_model_dir, max_steps=4, eval_every=2, tensorboard=True)
     scalars = monitor.read_scalars(run.monitor.tensorboard_dir)
     losses = {step: value for step, value in scalars["train/loss"]}
     assert sorted(losses) == [1, 2, 3, 4]

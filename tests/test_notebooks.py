@@ -1,7 +1,7 @@
 """Every notebook: follows the notebook contract, is stored clean, and runs end to end (small run).
 
 Stage-specific assertions on what a notebook produced live beside the stage's unit tests
-(test_env.py, test_data.py, test_train.py ...), using the same `executed` fixture.
+(test_env.py, test_data_load.py, test_train.py ...), using the same `executed` fixture.
 """
 
 from __future__ import annotations

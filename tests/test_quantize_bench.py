@@ -1,8 +1,6 @@
 """The quantize stage's table (course_lib/quantize/bench.py): every variant measured by one Bench, the
 table, the claims and figures, ONNX parity, GGUF in the bench, and notebook 04's small run.
 """
-# The merge's fixtures are imported from test_quantize_measure and requested by argument name:
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -11,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_quantize_measure import adapter, data, merged, qrun, tokenizer  # noqa: F401  (the merge's fixtures)
 
 from course_lib import quantize, runtimes
 from course_lib.quantize import variants

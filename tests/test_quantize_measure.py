@@ -3,63 +3,18 @@ against bytes per parameter.
 
 Most tests use the tiny random-weight Llama (same architecture and tokenizer as the default model);
 the size checks use a wider tiny model whose Linear layers are big enough for sizes to be measurable.
-The merge's fixtures (adapter, tokenizer, data, merged) are imported by test_quantize_variants.py
-and test_quantize_bench.py too (each module builds its own).
+The merge's fixtures (qrun, adapter, tokenizer, data, merged) live in conftest.py: the three
+test_quantize_*.py files share one merge.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from course_lib import quantize, runtimes, train
 from course_lib.quantize.variants import _load_fp32
-
-
-def _save_random_adapter(base_dir: Path, out: Path, method: str = "lora") -> Path:
-    """A LoRA adapter with random (non-zero) B, saved like course_lib.train saves one: no training needed."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))  # random B: the merge must matter
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    (out / "course_train.json").write_text(json.dumps({"model": str(base_dir), "method": method}))
-    return out
-
-
-@pytest.fixture(scope="module")
-def qrun(tmp_path_factory):
-    return tmp_path_factory.mktemp("quantize_run")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model_dir, qrun):
-    return _save_random_adapter(tiny_model_dir, qrun / "train" / "lora" / "final")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(adapter):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(adapter)
-
-
-@pytest.fixture(scope="module")
-def data(tokenizer, qrun):
-    return quantize.eval_data(tokenizer, qrun, ppl_examples=4, persona_questions=3, max_new_tokens=6, latency_tokens=4)
-
-
-@pytest.fixture(scope="module")
-def merged(adapter, qrun, data):
-    return quantize.merge(adapter, qrun / "quantize" / "merged", data)
-
 
 # --------------------------------------------------------------------------- the adapter and the merge
 

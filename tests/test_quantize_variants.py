@@ -1,8 +1,6 @@
 """The quantize stage's variants (course_lib/quantize/variants.py): building each one, pruning, the
 int8 layers kept in fp32, llama.cpp's converter and GGUF in llama.cpp.
 """
-# The merge's fixtures are imported from test_quantize_measure and requested by argument name:
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import math
 import tarfile
 
 import pytest
-from test_quantize_measure import adapter, data, merged, qrun, tokenizer  # noqa: F401  (the merge's fixtures)
 
 from course_lib import quantize, runtimes
 from course_lib.quantize.measure import _free

@@ -194,6 +194,8 @@ def train(model, tokenizer, records: list[dict], out_dir, epochs: float = 3, bat
         TrainingArguments,
     )
 
+    # Its own TrainingArguments, not train.fit: a classifier trains on padded batches of whole reviews
+    # with one label each, not on padding-free chats with answer-only labels.
     args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                              learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0,
                              logging_steps=1, save_strategy="no", report_to=[], seed=seed, use_cpu=True,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 
-from course_lib import batches, data, evaluate, models, paths, runs
+from course_lib import batches, data, evaluate, paths, runs, train
 
 STRATEGIES = ("new_only", "replay", "new_adapter", "freeze_lower")
 PERSONA, NEW = "persona", "new_facts"  # the two adapters' names in the multi-adapter model
@@ -59,21 +59,17 @@ def fit(model, tokenizer, records: list[dict], *, steps: int, batch_size: int, l
     and distillation need. Same Trainer, same padding-free batches, same answer-only labels.
     """
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
 
     if not records:
         raise ValueError("no training records: the data file is empty")
     tokenized = batches.tokenize(Dataset.from_list(records), tokenizer).shuffle(seed=seed)
-    args = TrainingArguments(
-        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        logging_steps=max(1, steps // 5), logging_first_step=True, save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
-        use_cpu=models.pick_device() == "cpu", disable_tqdm=True)
-    trainer = (trainer_class or Trainer)(model=model, args=args, train_dataset=tokenized,
-                                         data_collator=batches.collator(tokenizer, trained_logits_only),
-                                         **trainer_kwargs)
-    trainer.train()
+    # A constant rate with no warm-up and no decay: the strategies differ only in what they train on.
+    # fp32 everywhere, so the comparison never depends on the device's mixed precision.
+    cfg = train.TrainConfig(max_steps=steps, batch_size=batch_size, learning_rate=learning_rate, scheduler="constant",
+                            warmup=0.0, weight_decay=0.0, logging_steps=max(1, steps // 5), save_every="no",
+                            seed=seed, precision="fp32")
+    trainer = train.fit(model, tokenizer, tokenized, cfg, out_dir, trainer_class=trainer_class,
+                        trained_logits_only=trained_logits_only, **trainer_kwargs)
     model.eval()
     return trainer.state.log_history
 

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from course_lib import batches, data, models, paths, runs, train
+from course_lib import batches, data, paths, runs, train
 
 GROUPS = ("male", "female")
 
@@ -392,15 +392,11 @@ def fine_tune(adapter_dir, run_dir, probes: Probes, fairness_lambda: float, step
                             learning_rate=learning_rate, save_every="no", logging_steps=max(1, steps // 6),
                             seed=seed, warmup=0.0)
     out = run_dir / "fairness" / (name or f"lambda-{fairness_lambda:g}")
-    args = train.training_arguments(cfg, out, models.pick_device())
-    args.disable_tqdm = True
-    trainer = _fair_trainer_class()(
-        model=model, args=args, train_dataset=tokenized, data_collator=batches.collator(tokenizer),
-        processing_class=tokenizer, pairs=pronoun_pairs(probes, "train"), fairness_lambda=fairness_lambda,
-        pairs_per_step=pairs_per_step, seed=seed)
-    output = trainer.train()
+    trainer = train.fit(model, tokenizer, tokenized, cfg, out, trainer_class=_fair_trainer_class(),
+                        pairs=pronoun_pairs(probes, "train"), fairness_lambda=fairness_lambda,
+                        pairs_per_step=pairs_per_step, seed=seed)
     known = {f.name for f in fields(train.TrainConfig)}
     saved = train.TrainConfig(**{k: v for k, v in cfg_file.items() if k in known})
     folder = train.save_trained(trainer, tokenizer, saved, out / "final")
-    return FairRun(fairness_lambda, folder, trainer.state.global_step, round(output.metrics["train_runtime"], 1),
+    return FairRun(fairness_lambda, folder, trainer.state.global_step, round(trainer.state.log_history[-1]["train_runtime"], 1),
                    trainer.lm_losses, trainer.penalties)
