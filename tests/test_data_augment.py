@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from data_lab import pair
+
 from course_lib import data
-
-
-def pair(q: str, a: str, source: str = "t.jsonl:1") -> dict:
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": source}
 
 
 def test_augmentation_changes_questions_only_and_is_deterministic():

@@ -6,12 +6,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+from data_lab import pair
 
 from course_lib import data
-
-
-def pair(q: str, a: str, source: str = "t.jsonl:1") -> dict:
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": source}
 
 
 def test_normalize_unicode():

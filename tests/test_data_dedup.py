@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 
+from data_lab import pair
+
 from course_lib import data
-
-
-def pair(q: str, a: str, source: str = "t.jsonl:1") -> dict:
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": source}
 
 
 def test_clean_removes_exact_and_near_duplicates_with_reasons(default_tokenizer):

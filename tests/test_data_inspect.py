@@ -3,21 +3,12 @@ and notebook 01's small run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
+from data_lab import digest, messy_manifest, pair
 
 from course_lib import data
-
-
-def pair(q: str, a: str, source: str = "t.jsonl:1") -> dict:
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": source}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_length_histogram(default_tokenizer):
@@ -27,16 +18,9 @@ def test_length_histogram(default_tokenizer):
     assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 3
 
 
-def _manifest():
-    try:
-        path = data.data_samples("raw", "messy_export.MANIFEST.json")
-    except FileNotFoundError:
-        pytest.skip("data_samples/raw/messy_export.MANIFEST.json is not there yet")
-    return json.loads(path.read_text())
-
 
 def test_messy_export_every_planted_problem_is_caught(default_tokenizer):
-    manifest = _manifest()
+    manifest = messy_manifest()
     path = data.data_samples("raw", manifest["file"])
     before = digest(path)
     loaded = data.load_records(path)
@@ -70,7 +54,7 @@ def test_messy_export_every_planted_problem_is_caught(default_tokenizer):
 
 @pytest.mark.slow
 def test_notebook_01_small_run_records_what_it_found(executed):
-    _manifest()  # skips when the manifest is not there
+    messy_manifest()  # skips when the manifest is not there
     entry = executed("01_data")
     assert entry["status"] == "ok", entry.get("error")
     figures = entry["figures"]

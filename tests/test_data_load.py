@@ -4,11 +4,11 @@ and the shipped CSV and notes companions of the messy export."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from data_lab import digest, messy_manifest
 
 from course_lib import data
 
@@ -22,9 +22,6 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 def jsonl(*objects) -> str:
     return "".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objects)
 
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 GOOD = {"instruction": "How often should I water basil?", "input": "", "output": "Keep the soil lightly moist. Happy growing!"}
@@ -158,16 +155,9 @@ def test_loading_and_cleaning_never_modify_the_input(tmp_path, default_tokenizer
     assert result.records == records, "clean() must not modify the records it is given"
 
 
-def _manifest():
-    try:
-        path = data.data_samples("raw", "messy_export.MANIFEST.json")
-    except FileNotFoundError:
-        pytest.skip("data_samples/raw/messy_export.MANIFEST.json is not there yet")
-    return json.loads(path.read_text())
-
 
 def test_messy_csv_and_notes_companions():
-    manifest = _manifest()
+    manifest = messy_manifest()
     facts = manifest.get("companion_files", {})
     csv_facts, notes_facts = facts.get("messy_export.csv", {}), facts.get("notes.txt", {})
     csv_result = data.load_records(data.data_samples("raw", "messy_export.csv"))

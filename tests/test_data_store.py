@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from data_lab import messy_manifest, pair
 
 from course_lib import data
-
-
-def pair(q: str, a: str, source: str = "t.jsonl:1") -> dict:
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": source}
 
 
 def records_n(n):
@@ -80,16 +77,9 @@ def test_ensure_dataset_returns_an_existing_split_untouched(tmp_path, capsys):
     assert (folder / "train.jsonl").stat().st_mtime_ns == stamp and "building" not in capsys.readouterr().out
 
 
-def _manifest():
-    try:
-        path = data.data_samples("raw", "messy_export.MANIFEST.json")
-    except FileNotFoundError:
-        pytest.skip("data_samples/raw/messy_export.MANIFEST.json is not there yet")
-    return json.loads(path.read_text())
-
 
 def test_ensure_dataset_builds_the_default_split(tmp_path, default_tokenizer, capsys):
-    _manifest()
+    messy_manifest()
     folder = data.ensure_dataset(tmp_path, tokenizer=default_tokenizer)
     assert "No cleaned dataset in" in capsys.readouterr().out
     split = data.load_split(folder)
@@ -100,6 +90,6 @@ def test_ensure_dataset_builds_the_default_split(tmp_path, default_tokenizer, ca
     assert not any(s.startswith("persona_zh") for s in sources), "the Chinese sample is not in the default set"
     persona = data.load_records(data.data_samples("persona", "train.jsonl"))
     assert sum(s.startswith("train.jsonl:") for s in sources) == len(persona.records), "a clean persona example was lost"
-    manifest = _manifest()
+    manifest = messy_manifest()
     assert report["bad_records"] == len(manifest["malformed_json"]) + len(manifest["schema_errors"])
     assert report["counts"]["duplicates_removed"] == len(manifest["exact_duplicates"]) + len(manifest["near_duplicates"])
