@@ -26,7 +26,6 @@ from course_lib.quantize.bench import CLAIMS, Bench, Result, bits_per_weight, by
 from course_lib.quantize.measure import (
     EvalData,
     MergeResult,
-    _chat_ids,
     activation_outliers,
     eval_data,
     load_unmerged,
@@ -58,7 +57,7 @@ from course_lib.runtimes import llama_cpp_available
 
 __all__ = [
     "CLAIMS", "DEFAULT_VARIANTS", "GGUF_TYPES", "VARIANTS", "Bench", "Built", "EvalData", "MergeResult", "Result",
-    "_chat_ids", "activation_outliers", "bits_per_weight", "build", "bytes_table", "convert_gguf",
+    "activation_outliers", "bits_per_weight", "build", "bytes_table", "convert_gguf",
     "converter_available", "converter_dir", "eval_data", "export_onnx", "fetch_converter", "gguf_contents",
     "llama_cpp_available", "load_unmerged", "measure", "measure_size", "merge", "ms_per_token", "nll", "panel",
     "parameter_split", "perplexity_of_runner", "predict_bytes", "prune_magnitude", "source_note", "weight_bytes",
