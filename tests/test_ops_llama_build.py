@@ -1,7 +1,7 @@
 """The install step after pip builds llama-cpp-python (course_lib/ops/llama_build.py): probe, rebuild
 portable once if the native build crashes, probe again, and never stop the install.
 
-The probe and the rebuild are injected: the real rebuild compiles llama.cpp for ~20 minutes. The
+The probe and the rebuild are injected: the real rebuild compiles llama.cpp for many minutes. The
 probe's own behaviour on real crashes is tested in tests/test_runtimes.py.
 """
 

@@ -295,6 +295,7 @@ def test_a_crashing_gguf_variant_is_reported_and_the_bench_goes_on(crashing_gguf
     assert list(table.index) == ["fp32", "pruned", "gguf"]
     assert "SIGSEGV" in table.loc["gguf", "notes"] and math.isnan(table.loc["gguf", "perplexity"])
     assert "gguf_ms_per_token" in bench.figures() and len(bench.claims())  # the claims skip what is missing
+    assert bench.run("gguf") is not result  # not kept as final: tried again (after a rebuild, it would run)
 
 
 def test_a_gguf_file_llama_cpp_cannot_load_is_written_not_run(crashing_gguf, monkeypatch, tiny_model_dir, tmp_path):

@@ -25,7 +25,7 @@ PORTABLE = {"CMAKE_ARGS": runtimes.PORTABLE_CMAKE_ARGS}  # what runtimes.crash_s
 
 
 def rebuild_portable(requirement: str) -> bool:
-    """pip reinstalls REQUIREMENT compiled without this CPU's extensions (~20 min on 2 cores); True if it built.
+    """pip reinstalls REQUIREMENT compiled without this CPU's extensions (minutes); True if it built.
 
     --no-cache-dir: pip's cache holds the native wheel, which it would hand back unchanged; --no-deps:
     only llama-cpp-python changes, never numpy or the other pins.
@@ -36,7 +36,7 @@ def rebuild_portable(requirement: str) -> bool:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)  # before a 20-minute compile, not after it
+    print(line, flush=True)  # before a long compile, not after it
 
 
 def ensure_working_build(requirement: str, probe=None, rebuild=None, say=_say) -> str:
@@ -56,7 +56,7 @@ def ensure_working_build(requirement: str, probe=None, rebuild=None, say=_say) -
         return "none" if status == "missing" else "broken"
     what = sentence.split(";")[0]  # "llama.cpp crashed on this CPU (signal 11, SIGSEGV) while running ..."
     say(f"{what}: rebuilding {requirement} without this CPU's native extensions "
-        f"(CMAKE_ARGS=\"{PORTABLE['CMAKE_ARGS']}\", compiles for ~20 min)...")
+        f"(CMAKE_ARGS=\"{PORTABLE['CMAKE_ARGS']}\", compiles for minutes)...")
     built = rebuild(requirement)
     status, sentence = probe()
     if status == "ok":

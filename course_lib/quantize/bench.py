@@ -140,8 +140,8 @@ class Bench:
         if variant != "fp32" and "fp32" not in self.results:
             self.run("fp32")
         cached = self.results.get(variant)
-        if cached is not None and cached.settings == self._settings(variant):
-            return cached
+        if cached is not None and cached.settings == self._settings(variant) and "error" not in cached.extra:
+            return cached  # (a crashed runtime is tried again: the learner may have rebuilt it meanwhile)
         if variant == "gguf" and converter_available():
             self.skipped[variant] = converter_available()
             print(f"gguf skipped: {self.skipped[variant]}")
