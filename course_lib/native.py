@@ -11,12 +11,15 @@ the signal the child died of, and goes on.
     for token in child.stream("stream", ids, 8): ...   # a generator method, one item per round trip
     child.close()
 
-Process model: ``multiprocessing`` with the "spawn" start method. Spawn, not fork: a fresh
-interpreter, so none of the parent's threads (torch's thread pool, Jupyter's) or held locks are
-copied into a half-working child, and it behaves the same on Linux, macOS and Windows.
-multiprocessing rather than our own subprocess protocol: its Pipe pickles numpy arrays and
-exceptions, a Process has a sentinel to wait on and an exit code that is -N after signal N, and the
-host is any importable callable, so a test can pass one that crashes for real.
+Process model: a fresh interpreter (``subprocess``, running ``_child_main`` of this module) with one
+multiprocessing Connection (a socket pair) between them. A fresh interpreter, not a fork: none of
+the parent's threads (torch's thread pool, Jupyter's) or held locks are copied into a half-working
+child. Our own small entry point, not multiprocessing's "spawn": spawn re-runs the parent's main
+script in the child (a learner's script without an ``if __name__ == "__main__"`` guard would train
+twice; a script read from stdin cannot start a child at all), while this child imports only
+this module and the host's. The Connection pickles numpy arrays and exceptions and frames messages;
+the host is any importable callable (pickled by reference), so a test can pass one that crashes.
+POSIX only, like the rest of the course's process handling (``pass_fds``, process groups).
 
 Protocol (tuples over one duplex Pipe, one exchange at a time):
 
@@ -26,23 +29,28 @@ Protocol (tuples over one duplex Pipe, one exchange at a time):
 A stream sends one item per ("next",); any other message ends it, so a generator the caller
 abandons leaves nothing behind in the pipe.
 
-Death: the parent always waits on the pipe *and* the process sentinel (in ticks of a second), so a
-dead child is noticed the moment it dies, never waited for. ``timeout_s`` bounds each reply of a
-live child (None: as long as it lives). The child ends with its parent: EOF on its pipe when idle,
-a thread that sees its parent change when busy; it ignores Ctrl+C (the parent decides).
+Death: the child holds the only other end of the socket, so when it dies, by a signal or
+otherwise, the parent's end reads EOF at once; the parent also polls the process every second it
+waits, and reads its exit code (-N after signal N). A dead child is noticed, never waited for.
+``timeout_s`` bounds each reply of a live child (None: as long as it lives). The child ends with
+its parent: EOF on its pipe when idle, a thread that sees its parent change when busy; it ignores
+Ctrl+C (Jupyter's interrupt reaches the whole process group; the parent decides).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 
 TICK_S = 1.0  # how often a waiting parent wakes up (for the deadline; death wakes it at once)
 
@@ -96,7 +104,7 @@ class Child:
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        return self.process is not None and self.process.poll() is None
 
     def call(self, method: str, *args):
         """METHOD(*ARGS) on the host, in the child; its result, or its exception raised here."""
@@ -125,14 +133,18 @@ class Child:
     # ------------------------------------------------------------------ the parent's side of the pipe
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        ours, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, self.host, self.args, os.getpid()),
-                                       name=f"{self.name} (course_lib.native)", daemon=True)
-        self.process.start()
+        ours, theirs = multiprocessing.Pipe()  # a socket pair: pickled, framed messages both ways
+        argv = [sys.executable, "-c", _CHILD, json.dumps([str(p) for p in sys.path]), str(theirs.fileno()),
+                str(os.getpid())]
+        self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()  # the child holds the only other end now, so its death closes the pipe
         self.conn = ours
         self._finalizer = weakref.finalize(self, _stop, self.process, ours)  # a runner dropped unclosed
+        try:
+            ours.send((self.host, self.args))
+        except BaseException:  # a host that does not pickle (a lambda, a local class)
+            self._end(grace_s=0)
+            raise
         self._exchange(None)  # wait for "ready" (the host built) or its error
 
     def _exchange(self, message):
@@ -164,18 +176,19 @@ class Child:
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             left = TICK_S if deadline is None else max(0.0, min(TICK_S, deadline - time.monotonic()))
-            ready = wait([self.conn, self.process.sentinel], left)
-            if self.conn in ready:
+            if wait([self.conn], left):
                 return self.conn.recv()  # EOFError if the child died with nothing more to say
-            if ready:  # the sentinel alone: the child is gone
+            if self.process.poll() is not None:  # gone, though its end of the pipe did not say so
                 raise self._died()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} did not answer within {self.timeout_s:.0f} s, so its process "
                                    "was stopped.")
 
     def _died(self) -> NativeCrash:
-        self.process.join(5)
-        exitcode = self.process.exitcode
+        try:
+            exitcode = self.process.wait(5)  # -N: killed by signal N
+        except subprocess.TimeoutExpired:  # its pipe broke, yet it runs: stop it
+            exitcode = None
         self._end(grace_s=0)
         self.crash = NativeCrash(self.describe(exitcode), exitcode)
         return self.crash
@@ -187,30 +200,45 @@ class Child:
         self.process = self.conn = None
 
 
-def _stop(process, conn, grace_s: float = 5.0) -> None:
-    """Ask the child to end, then insist: SIGTERM, then SIGKILL."""
+def _stop(process: subprocess.Popen, conn, grace_s: float = 5.0) -> None:
+    """Ask the child to end, then insist: SIGTERM, then SIGKILL; always reap it."""
     try:
-        if grace_s and process.is_alive():
+        if grace_s and process.poll() is None:
             conn.send(("close",))
     except OSError:
         pass
-    process.join(grace_s)
-    for insist in (process.terminate, process.kill):
-        if process.is_alive():
-            insist()
-            process.join(2)
+    for insist in (None, process.terminate, process.kill):
+        if process.poll() is None:
+            if insist is not None:
+                insist()
+            try:
+                process.wait(grace_s if insist is None else 2)
+            except subprocess.TimeoutExpired:
+                pass
     conn.close()
 
 
 # ---------------------------------------------------------------------- the child's side
 
+# The child's whole program: the parent's import path first (a test's host lives in tests/), then this module.
+_CHILD = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+          "from course_lib.native import _child_main; _child_main(int(sys.argv[2]), int(sys.argv[3]))")
 
-def _serve(conn, host, args, parent_pid: int) -> None:
+
+def _child_main(fd: int, parent_pid: int) -> None:
     """The child's main loop: build the host, then answer messages until "close" or the parent's end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Jupyter's interrupt reaches the process group: the parent decides
     threading.Thread(target=_follow_parent, args=(parent_pid,), daemon=True).start()
+    conn = Connection(fd)
     try:
-        obj = host(*args)
+        built = conn.recv()  # (host, args); unpickling imports the host's module
+    except (EOFError, OSError):  # the parent is gone already
+        return
+    except Exception as error:  # the host's module does not import here
+        _reply(conn, "error", error)
+        return
+    try:
+        obj = built[0](*built[1])
     except Exception as error:
         _reply(conn, "error", error)
         return

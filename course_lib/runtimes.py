@@ -165,7 +165,7 @@ def rebuild_command() -> str:
 def crash_sentence(file_name: str, exitcode: int | None) -> str:
     """What a learner reads when llama.cpp's process died while running FILE_NAME: what, why, what to do."""
     how = native.death(exitcode)
-    if exitcode == -signal.SIGKILL:  # the kernel's out-of-memory killer, almost always
+    if exitcode == -getattr(signal, "SIGKILL", 9):  # the kernel's out-of-memory killer, almost always (no SIGKILL on Windows)
         return (f"llama.cpp's process was killed ({how}) while running {file_name}, most likely for lack of memory; "
                 "the GGUF file is written and other runtimes are unaffected; close other programs and try again.")
     what = "crashed on this CPU" if exitcode is not None and exitcode < 0 else "ended unexpectedly"
