@@ -21,10 +21,11 @@ this module and the host's. The Connection pickles numpy arrays and exceptions a
 the host is any importable callable (pickled by reference), so a test can pass one that crashes.
 POSIX only, like the rest of the course's process handling (``pass_fds``, process groups).
 
-Protocol (tuples over one duplex Pipe, one exchange at a time):
+Protocol (pickled tuples over the one Connection, one exchange at a time): the parent first sends
+(host, args), the child answers ("ready", None) once the host is built, then
 
     parent -> child   ("call", method, args)   ("stream", method, args)   ("next",)   ("close",)
-    child -> parent   ("ready", None)  ("ok", value)  ("item", value)  ("end", None)  ("error", exception)
+    child -> parent   ("ok", value)   ("item", value)   ("end", None)   ("error", exception)
 
 A stream sends one item per ("next",); any other message ends it, so a generator the caller
 abandons leaves nothing behind in the pipe.

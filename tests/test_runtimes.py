@@ -176,6 +176,18 @@ def test_the_child_ends_when_its_parent_dies(state):
     assert not _running(pid), f"child {pid} outlived its parent"
 
 
+def test_a_script_read_from_stdin_starts_a_child_and_is_not_run_again():
+    """The child runs course_lib.native only: the caller's main script is never re-run in it."""
+    script = ("from course_lib import native; import test_runtimes as t\n"
+              "print('top of the script', flush=True)\n"
+              "print(native.Child(t.EchoHost).call('echo', 'answer'))\n")
+    env_vars = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, env=env_vars,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["top of the script", "answer"]
+
+
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
