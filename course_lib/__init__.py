@@ -3,7 +3,8 @@
 Read it from the bottom up. Small shared modules, which import nothing above them:
 paths, versions, report, procmem (memory probes), ui (panels and tables), models (load a preset,
 a hub id or a folder), runs (a saved training run: find it, read its settings, load it), runtimes
-(PyTorch / ONNX Runtime / llama.cpp behind one interface), batches, evaluate, env.
+(PyTorch / ONNX Runtime / llama.cpp behind one interface), native (native code in a child process,
+so its crash is an exception), batches, evaluate, env.
 Then one module or folder per course stage, each importing only what lies below it:
 data/ (01), train and compare (02), monitor/ (03), memory/ (00's planner), quantize/ (04),
 serve/ (05). appendix/ holds the appendix notebooks' code and ops/ the maintainers' tools (the

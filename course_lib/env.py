@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from course_lib import models, paths, ui, versions
+from course_lib import models, paths, runtimes, ui, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -364,8 +364,18 @@ def _check_default_model() -> Check:
                  "" if cached else "The first load converts it once (~20 s).")
 
 
+def _check_llama_cpp() -> Check:
+    """Run a few tokens of the default model's GGUF file in llama.cpp, in a child process (a crash is a verdict)."""
+    status, sentence = runtimes.probe_llama_cpp()
+    if status == "ok":
+        return Check("llama.cpp (GGUF runtime)", "runs the default model's GGUF file here", "ok")
+    value = {"missing": "not installed", "crashed": "crashes on this CPU"}.get(status, "fails")
+    return Check("llama.cpp (GGUF runtime)", value, "warning",
+                 sentence + " (Everything else works without it: notebook 04 writes its GGUF file without running it.)")
+
+
 def environment_report(device: str | None = None, libraries: bool = True) -> list[Check]:
-    """Check Python, torch, CUDA/MPS, the GPU, CPU, RAM, disk, precision, bitsandbytes and the libraries."""
+    """Check Python, torch, CUDA/MPS, the GPU, CPU, RAM, disk, precision, bitsandbytes, the libraries, llama.cpp."""
     device = device or models.pick_device()
     checks = [_check_python(), Check("System", platform.platform(terse=True)), *_check_torch(), Check("Course device", device, "ok", {
         "cuda": "The model trains on the GPU.",
@@ -377,6 +387,7 @@ def environment_report(device: str | None = None, libraries: bool = True) -> lis
     checks.append(_check_default_model())
     if libraries:
         checks += _check_libraries()
+        checks.append(_check_llama_cpp())
     return checks
 
 

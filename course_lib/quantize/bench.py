@@ -29,6 +29,7 @@ from course_lib.quantize.variants import (
     build,
     converter_available,
 )
+from course_lib.runtimes import NativeCrash
 from course_lib.ui import panel as make_panel
 
 REFERENCE_EXAMPLES = 4  # validation examples whose logits every variant is compared on, position by position
@@ -60,16 +61,29 @@ def measure(built: Built, tokenizer, data: EvalData, reference=None, baseline_ru
     """Every figure of one variant.
 
     REFERENCE: the baseline's logits on the first examples (for the logit columns); BASELINE_RUNNER:
-    the baseline, timed in turns with this variant so that their speed ratio is a fair one.
+    the baseline, timed in turns with this variant so that their speed ratio is a fair one. A runtime
+    that crashes in its child process (llama.cpp built for the wrong CPU) leaves its figures NaN and
+    its sentence in the notes.
     """
-    import numpy as np
-
     started = time.perf_counter()
     runtime = getattr(built.runner, "runtime", RUNTIMES.get(built.variant, "PyTorch"))
     result = Result(built.variant, runtime, built.disk_bytes / 1e6, built.memory_bytes / 1e6,
                     notes="; ".join(built.notes), extra=built.extra)
     if built.runner is None:  # written but cannot be run here (said in notes)
         return result
+    try:
+        _measure_runner(built, tokenizer, data, result, reference, baseline_runner)
+    except NativeCrash as crash:  # llama.cpp died in its child process: said in notes, the bench goes on
+        result.notes = "; ".join(filter(None, [result.notes, f"not measured: {crash}"]))
+        result.extra["error"] = str(crash)
+    result.measure_s = time.perf_counter() - started
+    return result
+
+
+def _measure_runner(built: Built, tokenizer, data: EvalData, result: Result, reference, baseline_runner) -> None:
+    """Fill RESULT's perplexity, logit, persona and speed figures by running BUILT's runner."""
+    import numpy as np
+
     ppl, kept = perplexity_of_runner(built.runner, data.examples, keep_logits=REFERENCE_EXAMPLES)
     result.ppl = ppl
     result.extra = {**built.extra, "logits": kept}
@@ -87,8 +101,6 @@ def measure(built: Built, tokenizer, data: EvalData, reference=None, baseline_ru
         result.ms_per_token = times[0]
         if len(times) > 1:
             result.extra["baseline_ms_per_token"] = times[1]  # fp32, measured in the same minute
-    result.measure_s = time.perf_counter() - started
-    return result
 
 
 # --------------------------------------------------------------------------- the bench and its table
@@ -128,8 +140,8 @@ class Bench:
         if variant != "fp32" and "fp32" not in self.results:
             self.run("fp32")
         cached = self.results.get(variant)
-        if cached is not None and cached.settings == self._settings(variant):
-            return cached
+        if cached is not None and cached.settings == self._settings(variant) and "error" not in cached.extra:
+            return cached  # (a crashed runtime is tried again: the learner may have rebuilt it meanwhile)
         if variant == "gguf" and converter_available():
             self.skipped[variant] = converter_available()
             print(f"gguf skipped: {self.skipped[variant]}")
@@ -146,6 +158,8 @@ class Bench:
                 _free(built.runner)
                 built.runner = None
         result.build_s, result.settings = build_s, self._settings(variant)
+        if "error" in result.extra:  # the notes column of the table holds it too, but a table cuts long text
+            print(f"{variant}: {result.extra['error']}")
         if variant == "fp32":
             self._reference, self._baseline = result.extra.get("logits"), built.runner
             result.max_abs_logit_diff, result.top1_agreement = 0.0, 1.0

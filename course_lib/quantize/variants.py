@@ -19,13 +19,19 @@ from pathlib import Path
 
 from course_lib import paths, runtimes
 from course_lib.quantize.measure import _free, weight_bytes, weight_files_bytes
-from course_lib.runtimes import LlamaCppRunner, OnnxRunner, TorchRunner, llama_cpp_available
+from course_lib.runtimes import (
+    LLAMA_CPP_VERSION,
+    LlamaCppRunner,
+    NativeCrash,
+    OnnxRunner,
+    TorchRunner,
+    llama_cpp_available,
+)
 
 # What notebook 04 measures by default (bf16 is one click away in its panel).
 DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
 RUNTIMES = {"onnx": "ONNX Runtime", "gguf": "llama.cpp"}
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's converter writes by itself
-LLAMA_CPP_VERSION = "0.3.36"  # the llama-cpp-python release whose sdist the converter comes from
 
 
 @dataclass
@@ -311,14 +317,24 @@ def build_onnx(model_dir: Path, out: Path, options: Options) -> Built:
 
 
 def build_gguf(model_dir: Path, out: Path, options: Options) -> Built:
-    """A GGUF file of type ``options.gguf_type`` from llama.cpp's converter, run by llama.cpp if installed."""
+    """A GGUF file of type ``options.gguf_type`` from llama.cpp's converter, run by llama.cpp if installed.
+
+    llama.cpp runs in a child process: if it crashes while loading the file (a build for the wrong
+    CPU), the variant is written, not run, and its notes say why and how to fix it.
+    """
     path = convert_gguf(model_dir, out / f"model-{options.gguf_type}.gguf", options.gguf_type)
     missing = llama_cpp_available()
-    runner = LlamaCppRunner(path) if options.runnable and not missing else None
-    metadata = gguf_contents(path)["metadata_mb"]
-    return Built("gguf", runner, path.stat().st_size, path.stat().st_size, out,
-                 notes=[f"{options.gguf_type}; +{metadata:.1f} MB tokenizer and template"]
-                 + (["not run: llama-cpp-python is not installed"] if missing and options.runnable else []))
+    notes = [f"{options.gguf_type}; +{gguf_contents(path)['metadata_mb']:.1f} MB tokenizer and template"]
+    runner, extra = None, {}
+    if options.runnable and missing:
+        notes.append("not run: llama-cpp-python is not installed")
+    elif options.runnable:
+        try:
+            runner = LlamaCppRunner(path)
+        except NativeCrash as crash:
+            notes.append(f"not run: {crash}")
+            extra["error"] = str(crash)
+    return Built("gguf", runner, path.stat().st_size, path.stat().st_size, out, notes=notes, extra=extra)
 
 
 # The registry: variant name -> its builder, in the order the table lists them.

@@ -28,6 +28,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from course_lib import paths
+from course_lib.native import NativeCrash
 from course_lib.report import quiet_libraries
 from course_lib.serve.engine import Batcher, GenRequest, GenResult, cut_at_stop, load_engine
 from course_lib.serve.safety import SafetyFilter
@@ -162,6 +163,10 @@ def _add_error_handlers(app):
     @app.exception_handler(RequestError)
     async def refused(_request: Request, error: RequestError):
         return _error(error.status, error.message, error.kind)
+
+    @app.exception_handler(NativeCrash)  # llama.cpp died in its child process: its sentence, the server lives on
+    async def crashed(_request: Request, error: NativeCrash):
+        return _error(500, str(error), "server_error")
 
 
 def _add_info_routes(app, engine, batcher: Batcher, safety, config: ServeConfig, name: str, started: float):
@@ -301,6 +306,8 @@ async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeCo
                     loop.call_soon_threadsafe(pieces.put_nowait, piece)
                     if done["stop"]:
                         break
+        except NativeCrash as crash:  # the stream ends with its sentence (the status, 200, is already sent)
+            loop.call_soon_threadsafe(pieces.put_nowait, crash)
         finally:
             loop.call_soon_threadsafe(pieces.put_nowait, None)
 
@@ -308,6 +315,9 @@ async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeCo
     text, sent, stopped = "", 0, False
     try:
         while not stopped and (piece := await asyncio.wait_for(pieces.get(), config.timeout_s)) is not None:
+            if isinstance(piece, NativeCrash):
+                yield str(piece), "error"
+                return
             text += piece
             visible, stopped = cut_at_stop(text, request.stop)
             if safety is not None and not safety.check_output(visible).allowed:
@@ -330,6 +340,8 @@ async def _plain_events(batcher, safety, request, refusal, config):
     async for piece, reason in _pieces(batcher, safety, request, config):
         if reason is None:
             yield {"data": json.dumps({"text": piece})}
+        elif reason == "error":
+            yield {"event": "error", "data": json.dumps({"error": {"message": piece, "type": "server_error", "code": 500}})}
         else:
             payload = {"finish_reason": reason} | ({"text": safety.refusal} if reason == "content_filter" else {})
             yield {"event": "done", "data": json.dumps(payload)}
@@ -347,6 +359,8 @@ async def _openai_events(batcher, safety, request, refusal, config, ident, creat
         async for piece, reason in _pieces(batcher, safety, request, config):
             if reason is None:
                 yield chunk({"content": piece})
+            elif reason == "error":  # OpenAI's in-stream error, which its client raises as an APIError
+                yield {"data": json.dumps({"error": {"message": piece, "type": "server_error", "code": 500}})}
             else:
                 yield chunk({"content": safety.refusal} if reason == "content_filter" else {}, reason)
     yield {"data": "[DONE]"}
