@@ -47,8 +47,9 @@ model: install
 	$(PY) -m course_lib.models prepare
 	$(PY) -m course_lib.quantize fetch-converter --if-missing
 
+# RECORD=1 (maintainers, on the reference machine, quiet): also rewrite course_lib/reference_figures.json.
 course: model
-	$(PY) -m course_lib.ops.runner
+	$(PY) -m course_lib.ops.runner $(if $(RECORD),--record-reference)
 
 test: model
 	$(PY) -m pytest

@@ -72,6 +72,14 @@ def tokenize(dataset, tokenizer, max_length: int = 512):
     return kept
 
 
+def label_everything(tokenized):
+    """The ablation of answer-only loss: every token is a label (system line and question included).
+
+    Notebook 02 trains once with these labels to show what masking the prompt changes.
+    """
+    return tokenized.map(lambda ex: {"labels": list(ex["input_ids"])}, desc="labelling every token")
+
+
 def pack(tokenized, max_length: int = 512):
     """Pack examples into rows of at most MAX_LENGTH tokens (first-fit, longest first).
 

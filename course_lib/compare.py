@@ -1,5 +1,5 @@
 """Methods side by side: each training method run on the same data and steps in a fresh process,
-the results as tables beside the seeds' claims, and the interactive panel's quick experiment.
+the results as tables beside claims common in fine-tuning tutorials, and the interactive panel's quick experiment.
 
 A fresh process per run (``python -m course_lib.train``) because a process's peak memory only ever
 grows: measured in one process, every method after the hungriest would inherit its peak.
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from course_lib import evaluate, memory, paths, runs, train
+from course_lib import evaluate, memory, paths, runs, train, ui
 
 # Each method at a learning rate suited to it, for comparisons at the same data and steps: full
 # fine-tuning moves every weight, so it needs a rate ~100x below LoRA's (at LoRA's 4e-3 it diverged
@@ -84,7 +84,7 @@ def plot_history(result: train.TrainResult, title: str = ""):
 
 
 def claims_table(rows: list[dict]):
-    """The seeds' claims beside what this machine measured in COMPARE_METHODS' rows."""
+    """Claims common in fine-tuning tutorials beside what this machine measured in COMPARE_METHODS' rows."""
     import pandas as pd
 
     by = {r["method"]: r for r in rows}
@@ -124,9 +124,10 @@ def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_ra
     result = train.train(run_dir=run_dir, model=model, method=method, learning_rate=learning_rate, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout, epochs=epochs, batch_size=batch_size,
                          max_examples=batch_size * steps, output_dir=str(Path(run_dir) / "train" / "widget"),
-                         logging_steps=1, save_every="epoch")
+                         replay_share=0.0, logging_steps=1, save_every="epoch", quiet=True)
     display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
-    tuned, tokenizer = runs.load(result.adapter_dir)
+    with ui.quiet_progress():
+        tuned, tokenizer = runs.load(result.adapter_dir)
     after = evaluate.evaluate(tuned, tokenizer, "persona", limit=limit)
     print(f"{method}, r {lora_r}, lr {learning_rate:.1e}: {result.trainable_params:,} trainable parameters")
     print(f"persona score on {limit} questions: {before.score:.2f} before -> {after.score:.2f} after "

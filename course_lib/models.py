@@ -259,14 +259,20 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     return tokenizer
 
 
-def load(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", bits: int | None = None):
-    """Load model and tokenizer for NAME on DEVICE; ``bits=4`` or ``8`` loads through bitsandbytes."""
+def load(name: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", bits: int | None = None,
+         quantization=None):
+    """Load model and tokenizer for NAME on DEVICE: ``AutoModelForCausalLM.from_pretrained`` on the
+    offline folder, the hub id or a local path, with a clear error when a hub model is unreachable.
+
+    ``bits=4`` or ``8`` loads through bitsandbytes with the course's settings; QUANTIZATION takes a
+    ``BitsAndBytesConfig`` you built yourself (notebook 02 does).
+    """
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     location, kwargs = model_location(name)
-    quant = quantization_config(bits, torch_dtype)
+    quant = quantization if quantization is not None else quantization_config(bits, torch_dtype)
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})
     try:

@@ -23,14 +23,14 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from course_lib import batches, data, evaluate, models, paths, procmem, runs, versions
+from transformers import TrainerCallback
+
+from course_lib import batches, data, evaluate, knobs, models, paths, procmem, runs, ui, versions
 from course_lib.report import quiet_libraries
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
 METHODS = ("full", "lora", "qlora", "prompt_tuning")
-# The seeds' LoRA targets (attention query and value) and PEFT's shortcut for every linear layer.
-TARGETS = {"q_proj,v_proj": ["q_proj", "v_proj"], "all-linear": "all-linear"}
 PROMPT_INIT = "You are Sprout, a friendly gardening assistant made by Greenleaf Labs."
 
 
@@ -39,7 +39,7 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
                   num_virtual_tokens: int = 16, gradient_checkpointing: bool = False,
                   device: str = "auto"):
     """Load MODEL_NAME and make it trainable with METHOD; returns (model, tokenizer)."""
-    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -72,10 +72,21 @@ def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lo
             prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=PROMPT_INIT,
             tokenizer_name_or_path=models.model_location(model_name)[0])
     else:
-        config = LoraConfig(
-            task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            target_modules=TARGETS.get(target_modules, target_modules), bias="none")
+        config = lora_config(lora_r, lora_alpha, lora_dropout, target_modules)
     return get_peft_model(model, config), tokenizer
+
+
+def targets(target_modules: str):
+    """"q_proj,v_proj" -> the list PEFT takes; "all-linear" stays PEFT's shortcut for every projection."""
+    return target_modules if target_modules == "all-linear" else target_modules.split(",")
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str):
+    """The LoraConfig notebook 02 writes out in a cell: the same call, for the command line and compare."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets(target_modules),
+                      task_type="CAUSAL_LM")
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -96,18 +107,18 @@ def trainable_parameters(model) -> tuple[int, int]:
 class TrainConfig:
     """Every knob of a run; the notebook's parameters cell and the command line map onto these."""
 
-    model: str = "smollm2-135m"
+    model: str = knobs.MODEL
     method: str = "lora"
-    target_modules: str = "q_proj,v_proj"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    target_modules: str = knobs.TARGET_MODULES
+    lora_r: int = knobs.LORA_R
+    lora_alpha: int = knobs.LORA_ALPHA
+    lora_dropout: float = knobs.LORA_DROPOUT
     num_virtual_tokens: int = 16
-    epochs: float = 2.0
+    epochs: float = knobs.EPOCHS
     max_steps: int = -1  # > 0 overrides epochs (short comparison runs)
-    batch_size: int = 8  # examples per step (padding-free: no token is padding)
+    batch_size: int = knobs.BATCH_SIZE  # examples per step (padding-free: no token is padding)
     grad_accum: int = 1  # effective batch = batch_size x grad_accum
-    learning_rate: float = 1e-3
+    learning_rate: float = knobs.LEARNING_RATE
     weight_decay: float = 0.01
     warmup: float = 0.05  # share of the steps spent warming the learning rate up
     scheduler: str = "cosine"
@@ -116,14 +127,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     max_length: int = 512
     pack: bool = False  # True: pre-pack into rows of max_length; batch_size then counts rows
-    replay_share: float = 0.0  # share of general instruction data mixed in against forgetting
-    max_examples: int = 0  # 0 = all training examples
+    answer_only: bool = True  # False: the loss counts every token (notebook 02's ablation)
+    replay_share: float = knobs.REPLAY_SHARE  # share of general instruction data mixed in against forgetting
+    max_examples: int = knobs.MAX_EXAMPLES  # 0 = all training examples
     max_val_examples: int = 0  # 0 = the whole validation split
-    seed: int = 0
+    seed: int = knobs.SEED
     save_every: str = "epoch"  # "epoch", a number of steps, or "no" (scratch runs)
     eval_every: int = 0  # > 0: validation loss every N steps (monitoring, early stopping)
     logging_steps: int = 5
     tensorboard: bool = False
+    quiet: bool = False  # one progress line of our own instead of the libraries' bars (panels, sweeps)
     output_dir: str = ""  # default: RUN_DIR/train/<method>
 
 
@@ -182,6 +195,8 @@ def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
         train_set = concatenate_datasets([train_set, replay_examples(len(train_set), cfg.replay_share, cfg.seed)])
     train_tok = batches.tokenize(train_set.select_columns(["messages"]), tokenizer, cfg.max_length)
     val_tok = batches.tokenize(val_set.select_columns(["messages"]), tokenizer, cfg.max_length)
+    if not cfg.answer_only:
+        train_tok = batches.label_everything(train_tok)  # validation keeps answer-only: same yardstick
     if cfg.pack:
         train_tok = batches.pack(train_tok, cfg.max_length)
     return train_tok.shuffle(seed=cfg.seed), val_tok, len(train_set)
@@ -197,9 +212,10 @@ def replay_examples(n_task: int, share: float, seed: int):
     return rows.select(range(wanted))
 
 
-def _prepare_output(cfg: TrainConfig, run_dir: Path, resume: bool) -> Path:
-    """The run's folder; an earlier run's folder is kept aside (renamed), never overwritten."""
-    out = Path(cfg.output_dir) if cfg.output_dir else run_dir / "train" / cfg.method
+def output_folder(cfg: TrainConfig, run_dir=None, resume: bool = False) -> Path:
+    """The run's folder (RUN_DIR/train/<method> unless CFG says); an earlier run's folder is kept
+    aside (renamed with its time), never overwritten, unless RESUME continues it."""
+    out = Path(cfg.output_dir) if cfg.output_dir else paths.run_dir(run_dir) / "train" / cfg.method
     if out.exists() and any(out.iterdir()) and not resume and _rank() == 0:
         kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(kept)
@@ -237,7 +253,7 @@ def training_arguments(cfg: TrainConfig, out: Path, device: str):
         save_total_limit=2, report_to=["tensorboard"] if cfg.tensorboard else [],
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # padding-free batches: every token is a real one
-        use_cpu=device == "cpu", disable_tqdm=False,
+        use_cpu=device == "cpu", disable_tqdm=cfg.quiet,
     )
 
 
@@ -245,6 +261,8 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
           **overrides) -> TrainResult:
     """Train one model with CFG (plus keyword overrides) and save the adapter with its tokenizer.
 
+    The same steps notebook 02 writes out cell by cell (model, LoraConfig, TrainingArguments,
+    Trainer, ``finish``), for the command line, the method comparison and ``ensure_adapter``.
     ``resume=True`` continues from the last checkpoint in the output folder (after an interruption).
     """
     import torch
@@ -252,7 +270,7 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
 
     cfg = TrainConfig(**{**asdict(cfg or TrainConfig()), **overrides})
     run_dir = paths.run_dir(run_dir)
-    out = _prepare_output(cfg, run_dir, resume)
+    out = output_folder(cfg, run_dir, resume)
     set_seed(cfg.seed)
     device = models.pick_device()
     # Peak memory of this run: the process's high-water mark is reset first, since a process
@@ -261,26 +279,73 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     baseline = procmem.rss_now()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model, tokenizer = prepare_model(
-        cfg.model, cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules, num_virtual_tokens=cfg.num_virtual_tokens,
-        gradient_checkpointing=cfg.gradient_checkpointing)
-    args = training_arguments(cfg, out, device)
-    with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
-        train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
-    trainer = _trainer(model, tokenizer, args, train_tok, eval_dataset=val_tok, callbacks=callbacks,
+    with ui.quiet_progress(cfg.quiet):
+        model, tokenizer = prepare_model(
+            cfg.model, cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.target_modules, num_virtual_tokens=cfg.num_virtual_tokens,
+            gradient_checkpointing=cfg.gradient_checkpointing)
+        args = training_arguments(cfg, out, device)
+        with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
+            train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
+    progress = [StepProgress(f"{cfg.method}, lr {cfg.learning_rate:g}")] if cfg.quiet else []
+    trainer = _trainer(model, tokenizer, args, train_tok, eval_dataset=val_tok, callbacks=[*callbacks, *progress],
                        trained_logits_only=cfg.method != "prompt_tuning")
     checkpoint = last_checkpoint(out) if resume else None
     if resume:
         print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    # A callback (early stopping) may have restored earlier weights: then the last logged
-    # validation loss describes other weights, so measure again.
-    val_loss = final_eval_loss(trainer) if not callbacks else trainer.evaluate()["eval_loss"]
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else procmem.peak_rss()[0] - baseline) / 2**20
-    trainable, total = trainable_parameters(model)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    # A callback may restore earlier weights (early stopping): then the last logged validation loss
+    # describes other weights, so it is measured again.
+    remeasure = any(getattr(c, "changes_weights", True) for c in callbacks)
+    return finish(trainer, tokenizer, cfg, n_examples, memory_baseline=baseline, remeasure=remeasure)
+
+
+class StepProgress(TrainerCallback):
+    """One progress line with the loss, in place of Trainer's bar (which can freeze inside a widget)."""
+
+    changes_weights = False
+
+    def __init__(self, label: str = "training"):
+        self.label, self.bar = label, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, desc=self.label, unit="step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def finish(trainer, tokenizer, cfg: TrainConfig, n_examples: int = 0, *, memory_baseline: float | None = None,
+           remeasure: bool = False) -> TrainResult:
+    """After ``trainer.train()``: the final validation loss, the figures, and the adapter saved.
+
+    Saves to ``<output_dir>/final`` with the tokenizer and CFG (``course_train.json``), so the folder
+    reloads by itself with ``runs.load``. REMEASURE: a callback (early stopping) may have restored
+    earlier weights, whose loss the last log does not describe. MEMORY_BASELINE: the process's
+    resident memory before the model was loaded (None: peak memory is not reported).
+    """
+    import torch
+
+    val_loss = trainer.evaluate()["eval_loss"] if remeasure else final_eval_loss(trainer)
+    cuda = torch.cuda.is_available() and trainer.args.device.type == "cuda"
+    peak = float("nan")
+    if memory_baseline is not None:
+        peak = (torch.cuda.max_memory_allocated() if cuda else procmem.peak_rss()[0] - memory_baseline) / 2**20
+    trainable, total = trainable_parameters(trainer.model)
+    out = Path(trainer.args.output_dir)
     adapter_dir = save_trained(trainer, tokenizer, cfg, out / "final")
-    seconds = output.metrics["train_runtime"]
+    seconds = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), float("nan"))
     return TrainResult(
         output_dir=out, adapter_dir=adapter_dir, config=asdict(cfg), log_history=trainer.state.log_history,
         trainable_params=trainable, total_params=total, steps=trainer.state.global_step,
@@ -337,8 +402,9 @@ def save_trained(trainer, tokenizer, cfg: TrainConfig, folder: Path) -> Path:
     return folder
 
 
-def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 48,
-                   learning_rate: float = 3e-3, batch_size: int = 4, **train_overrides) -> Path:
+def ensure_adapter(run_dir=None, model_name: str = knobs.MODEL, steps: int = knobs.FALLBACK_STEPS,
+                   learning_rate: float = knobs.FALLBACK_LEARNING_RATE, batch_size: int = knobs.FALLBACK_BATCH_SIZE,
+                   **train_overrides) -> Path:
     """The trained adapter notebook 02 saved (RUN_DIR/train/lora/final), or a short one trained now.
 
     A notebook must run on its own: without notebook 02's adapter (or with one trained on another
@@ -352,7 +418,9 @@ def ensure_adapter(run_dir=None, model_name: str = "smollm2-135m", steps: int = 
     print(f"No trained adapter for {model_name} in {run_dir / 'train'}: training a short LoRA now "
           f"({steps} steps of {batch_size} examples at learning rate {learning_rate}, a couple of minutes on a laptop CPU) so "
           f"this notebook runs on its own. Notebook 02's longer run gives a stronger persona.")
-    settings = dict(model=model_name, method="lora", target_modules="q_proj,v_proj", max_steps=steps,
+    # Every persona example, no replay: a short run spends its few steps on the persona.
+    settings = dict(model=model_name, method="lora", target_modules=knobs.TARGET_MODULES, max_steps=steps,
+                    max_examples=0, replay_share=0.0,
                     learning_rate=learning_rate, batch_size=batch_size, logging_steps=max(1, steps // 4),
                     output_dir=str(run_dir / "quantize" / "adapter"))
     result = train(run_dir=run_dir, **{**settings, **train_overrides})

@@ -2,7 +2,9 @@
 
 One place for the three things every stage shows through: ``panel`` (controls and a Run button),
 ``Table`` (rows as HTML in Jupyter, aligned text elsewhere) and ``show``, plus the two checks they
-rest on (``headless``: papermill is running us; ``in_jupyter``: a front end can display HTML).
+rest on (``headless``: papermill is running us; ``in_jupyter``: a front end can display HTML);
+``verdict`` for the self-checks after each "Try it", and ``quiet_progress`` for runs that show one
+progress line of their own.
 
 In JupyterLab a panel shows its controls and a Run button (or re-runs live as a slider moves).
 Under papermill (``make course``, CI) nobody can click, so the panel runs once with the
@@ -14,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 
 
 def headless() -> bool:
@@ -141,3 +144,38 @@ def show(table) -> None:
         display(table)
     else:
         print(table)
+
+
+def verdict(passed: bool, success: str, hint: str) -> bool:
+    """Print a self-check's verdict: a tick and SUCCESS, or "not yet" and a HINT; never raises.
+
+    A "Try it" check must be able to say "not yet" without stopping Run All (a bare ``assert``
+    would), so it prints and returns whether it passed.
+    """
+    print(f"✓ {success}" if passed else f"✗ not yet: {hint}")
+    return bool(passed)
+
+
+@contextmanager
+def quiet_progress(quiet: bool = True):
+    """Hide the libraries' own progress bars (loading weights, tokenizing, filtering) while inside.
+
+    A panel or a sweep shows one progress line of its own; five library bars above its result
+    teach nothing. QUIET=False leaves them alone (the main training run shows them).
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    if not quiet:
+        yield
+        return
+    was = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            datasets.enable_progress_bars()
+        if was[1]:
+            hf_logging.enable_progress_bar()

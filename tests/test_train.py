@@ -253,6 +253,7 @@ def test_notebook_02_personalizes_and_measures_every_method(executed):
     assert figures["persona_score_before"] <= 0.1
     assert 0 <= figures["persona_score_after"] <= 1 and 0 <= figures["distinct_answer_share"] <= 1
     assert figures["adapter_reload_identical"] is True
+    assert figures["trainable_params"] == 921_600  # the notebook's own LoraConfig + get_peft_model
     methods = figures["methods"]
     assert set(methods) == {"full", "lora", "qlora", "prompt_tuning"}
     assert methods["lora"]["trainable_params"] == 921_600

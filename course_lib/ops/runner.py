@@ -3,6 +3,8 @@
     python -m course_lib.ops.runner              # what `make course` runs: default parameters
     python -m course_lib.ops.runner --small      # the tests' small runs (proves the path, fast)
     python -m course_lib.ops.runner --only 02_lora_qlora
+    python -m course_lib.ops.runner --record-reference   # `make course RECORD=1`: also writes
+                                                         # course_lib/reference_figures.json
 
 Executed copies go to ``runs/notebooks/``; ``runs/course_report.json`` holds per notebook its
 status, seconds and the figures it recorded with ``report.start(...).record(...)``. The tests
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import paths, reference
 from course_lib.report import NotebookRun
 
 
@@ -106,9 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/)")
     parser.add_argument("--small", action="store_true", help="the tests' small-run parameters")
     parser.add_argument("--only", nargs="+", help="notebook names to run, e.g. 02_lora_qlora")
+    parser.add_argument("--record-reference", action="store_true",
+                        help="after a full default run with every notebook ok, write the reference figures "
+                             "(course_lib/reference_figures.json) and the headers' time lines")
     args = parser.parse_args(argv)
+    if args.record_reference and (args.small or args.only):
+        parser.error("--record-reference needs a full run with default parameters (no --small, no --only)")
+    load_before = os.getloadavg()[0]
     report = run_course(args.run_dir, small=args.small, only=args.only)
-    return 0 if all(nb["status"] == "ok" for nb in report["notebooks"]) else 1
+    ok = all(nb["status"] == "ok" for nb in report["notebooks"])
+    if args.record_reference:
+        if not ok:
+            print("Not recording reference figures: a notebook failed.")
+            return 1
+        reference.record(report, load_before, notebooks_dir=paths.course_root() / "notebooks")
+        print(f"reference figures: {reference.FILE}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
