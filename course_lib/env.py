@@ -238,9 +238,9 @@ def _check_precision() -> list[Check]:
     else:
         native = sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "bf16"))
         value = "CPU: " + (", ".join(native) if native else "no native bf16 instructions found")
-        advice = ("The course trains in fp32 on CPUs. On the course's reference machine (2 cores, avx512_bf16 "
-                  "but no AMX) bf16 autocast training was SLOWER than fp32 (LoRA ~4.2k vs ~6.0k tokens/s); "
-                  "AMX (Intel Sapphire Rapids and newer) can change that. env.matmul_speed() measures your CPU.")
+        advice = ("The course trains in fp32 on CPUs. In the course's trial on a 2-core CPU with avx512_bf16 "
+                  "but no AMX, bf16 autocast training was SLOWER than fp32; AMX (Intel Sapphire Rapids and "
+                  "newer) can change that. env.matmul_speed() measures your CPU.")
         if "amx_bf16" in flags:
             advice = "This CPU has AMX: bf16 may be faster than fp32 here; the course still defaults to fp32 (measure first)."
     where = "Apple MPS" if mps_available() else "CPU"

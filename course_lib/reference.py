@@ -63,17 +63,16 @@ def caption(table: dict | None = None) -> str:
             f"default parameters")
 
 
-def show(notebook: str, keys: list[str] | None = None, labels: dict | None = None):
-    """A table of NOTEBOOK's recorded figures (KEYS of them, LABELS for their names), with the run's machine."""
+def show(notebook: str, keys: list[str] | None = None, labels: dict | None = None) -> None:
+    """Show a table of NOTEBOOK's recorded figures (KEYS of them, LABELS for their names), with the run's machine."""
     table = load()
     figures = table["notebooks"].get(notebook, {}).get("figures", {})
     keys = keys or [k for k, v in figures.items() if isinstance(v, (int, float, str, bool))]
     rows = [{"figure": (labels or {}).get(k, k), "reference run": figure(notebook, k, "not recorded", table)}
             for k in keys]
-    rows.append({"figure": "notebook run time (s)", "reference run": seconds(notebook, table)})
-    result = ui.Table(rows, title=caption(table))
-    ui.show(result)
-    return result
+    secs = seconds(notebook, table)
+    rows.append({"figure": "notebook run time (s)", "reference run": "not recorded" if secs is None else secs})
+    ui.show(ui.Table(rows, title=caption(table)))
 
 
 def _machine() -> dict:

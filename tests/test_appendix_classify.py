@@ -84,8 +84,13 @@ def test_parse_label(answer, label):
 @pytest.mark.slow
 def test_lora_head_trains_only_top_layers_and_the_head(tiny_model_dir):
     import torch
+    from peft import LoraConfig, TaskType
 
-    model, tokenizer = classify.prepare(str(tiny_model_dir), top_layers=1)
+    assert classify.top_layers(str(tiny_model_dir), 0) is None
+    assert classify.top_layers(str(tiny_model_dir), 1) == [1] and classify.top_layers(str(tiny_model_dir), 9) == [0, 1]
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                        modules_to_save=["score"], layers_to_transform=classify.top_layers(str(tiny_model_dir), 1))
+    model, tokenizer = classify.prepare(str(tiny_model_dir), config)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable), "the new head must be trained (modules_to_save)"
     assert all("layers.1." in n for n in trainable if "lora_" in n), "LoRA only on the top layer"
@@ -111,3 +116,29 @@ def test_notebook_classifier_beats_the_majority_class(executed):
         assert 0 <= f[key] <= 1, key
     assert f["accuracy"] > f["majority_accuracy"]
     assert f["macro_f1"] > f["majority_macro_f1"] + 0.1
+
+
+def test_few_shot_prompt_check_says_what_is_missing():
+    assert "write a prompt" in classify.prompt_problems(None)[0]
+    assert "zero-shot prompt" in " ".join(classify.prompt_problems(classify.PROMPT))
+    assert "{text} placeholder" in " ".join(classify.prompt_problems("Label it: positive, negative, neutral."))
+    assert "doubled" in " ".join(classify.prompt_problems('Answer as {"label": ...}. Review: {text}'))
+    no_neutral = "Review: Great!\nAnswer: positive\nReview: Broke.\nAnswer: negative\nReview: {text}\nAnswer:"
+    assert classify.prompt_problems(no_neutral) == ["no example labelled neutral before the review"]
+    good = no_neutral.replace("Review: {text}", "Review: It is a kettle.\nAnswer: neutral\nReview: {text}")
+    assert classify.prompt_problems(good) == []
+
+
+def test_resampling_check_wants_every_review_and_about_equal_classes():
+    train, _ = classify.load_split()
+    assert classify.resampling_problems(None, train)[0].startswith("build a list of the training reviews")
+    assert classify.resampling_problems([], train)[0].startswith("build a list")
+    assert any("not about equal" in p for p in classify.resampling_problems(list(train), train))
+    counts = {label: sum(r["label"] == label for r in train) for label in classify.LABELS}
+    most = max(counts.values())
+    balanced = [r for label in classify.LABELS for r in
+                ([x for x in train if x["label"] == label] * most)[:most]]
+    assert classify.resampling_problems(balanced, train) == []
+    assert "every training review" in " ".join(classify.resampling_problems(balanced[:most], train))
+    stranger = balanced + [{"text": "Not in the data.", "label": "neutral"}]
+    assert "not training reviews" in " ".join(classify.resampling_problems(stranger, train))

@@ -17,6 +17,23 @@ def test_layers_to_drop_takes_every_other_middle_layer():
         distill.layers_to_drop(30, 20)
 
 
+def test_max_drop_is_the_sliders_end():
+    """The panel's slider and Exercise 2 go up to max_drop: it must be allowed, one more must not."""
+    for layers in (2, 4, 8, 30):
+        most = distill.max_drop(layers)
+        assert most >= 1 and len(distill.layers_to_drop(layers, most)) == most
+        with pytest.raises(ValueError, match="can drop 1 to"):
+            distill.layers_to_drop(layers, most + 1)
+    assert distill.max_drop(30) == 12
+
+
+def test_direction_counts_two_questions_as_noise():
+    assert distill.direction(0.75, 0.625) == "better"
+    assert distill.direction(0.5, 0.625) == "worse"
+    assert distill.direction(0.65, 0.625) == distill.direction(0.6, 0.625) == "same"
+    assert distill.direction(0.5, 0.45, noise=0.1) == "same"
+
+
 @pytest.fixture(scope="module")
 def teacher(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,6 +73,58 @@ def test_kl_is_zero_for_identical_logits_and_counts_the_chosen_positions():
     assert distill.kl_loss(logits, other, labels, 2.0, "all").item() == pytest.approx(all_kl)
     with pytest.raises(ValueError, match="positions"):
         distill.kl_loss(logits, other, labels, 2.0, "prompt")
+
+
+def _topk_kl(student_logits, top_values, top_indices, labels, temperature):
+    """A right answer to Exercise 3: the teacher's top-k renormalized, the student's full log-probabilities."""
+    import torch.nn.functional as F
+
+    keep = labels[:, 1:] != -100
+    student = F.log_softmax(student_logits[:, :-1][keep].float() / temperature, -1)
+    teacher = F.log_softmax(top_values[:, :-1][keep].float() / temperature, -1)
+    student = student.gather(-1, top_indices[:, :-1][keep])
+    return (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+
+
+def test_topk_check_passes_a_right_answer_and_fails_the_usual_mistakes():
+    passed, compared = distill.check_topk_kl(_topk_kl)
+    assert passed and "full KL" in compared
+
+    def every_position(s, v, i, labels, t):  # forgot the answer mask
+        return _topk_kl(s, v, i, torch.zeros_like(labels), t)
+
+    def no_t_squared(s, v, i, labels, t):
+        return _topk_kl(s, v, i, labels, t) / t**2
+
+    def unshifted(s, v, i, labels, t):  # position t compared with label t instead of t+1
+        pad = torch.full_like(labels[:, :1], -100)
+        return _topk_kl(s, v, i, torch.cat([pad, labels[:, :-1]], 1), t)
+
+    for wrong in (every_position, no_t_squared, unshifted):
+        assert not distill.check_topk_kl(wrong)[0], wrong.__name__
+    assert distill.check_topk_kl(lambda *args: None) == (False, "your function returned None")
+    passed, compared = distill.check_topk_kl(lambda *args: 1 / 0)
+    assert not passed and "ZeroDivisionError" in compared  # a learner's bug is a verdict, not a traceback
+
+
+def _figs(names=("teacher", "student_untrained", "student_alone", "student_distilled")) -> dict:
+    return {name: {"parameters": 100 - 10 * i, "persona_score": i / 4, "ms_per_token": 30.0 - i, "layers": 4 - i}
+            for i, name in enumerate(names)}
+
+
+def test_plots_draw_every_model():
+    from types import SimpleNamespace
+
+    figs = _figs()
+    fig = distill.plot_tradeoff(figs)
+    assert len(fig.axes[0].collections) == len(figs) and "persona score" in fig.axes[0].get_ylabel()
+    result = {"rows": {name: {"eval": SimpleNamespace(passed=[True, False, True, True])} for name in figs}}
+    tried = {"layers": 2, "alpha": 0.5, "steps": 3, "losses": [3.0, 2.5], "passed": [True, False],
+             "persona_score": 0.5}
+    fig = distill.plot_tried(tried, result)
+    bars = [bar.get_height() for bar in fig.axes[1].patches]
+    assert bars == [0.5, 0.5, 0.5, 0.5]  # section 5's models scored on the panel's first 2 questions only
+    assert "2 layers left" in fig.axes[0].get_title()
 
 
 def _chat(i: int) -> dict:
@@ -123,6 +192,26 @@ def test_distill_trainer_pulls_the_student_towards_the_teacher(teacher, tmp_path
     assert loss_to_teacher() < before * 0.8
 
 
+@pytest.mark.slow
+def test_train_and_score_returns_figures_a_notebook_can_record(teacher, tmp_path):
+    import json
+
+    from course_lib.appendix import continual
+
+    model, tokenizer = teacher
+    tried = distill.train_and_score(model, tokenizer, continual.old_data()[:8], tmp_path, n_drop=1, distill=True,
+                                    eval_limit=2, max_new_tokens=4, steps=2, batch_size=4, learning_rate=1e-3,
+                                    alpha=0.5, temperature=1.0, positions="answer", seed=0)
+    assert tried["layers"] == 1 and tried["n_drop"] == 1 and tried["steps"] == 2 and tried["alpha"] == 0.5
+    assert tried["parameters"] < distill.parameters(model) and len(tried["passed"]) == 2
+    assert 0 <= tried["persona_score"] <= 1 and tried["losses"]
+    json.dumps(tried)  # plain values only: nb.record takes it as it is
+    alone = distill.train_and_score(model, tokenizer, continual.old_data()[:8], tmp_path, n_drop=1, distill=False,
+                                    eval_limit=1, max_new_tokens=4, steps=1, batch_size=4, learning_rate=1e-3,
+                                    alpha=0.5, temperature=1.0, positions="answer", seed=0)
+    assert alone["alpha"] is None  # no KL term: no alpha to report
+
+
 def _kl_to(teacher, student, tokenizer, records):
     from datasets import Dataset
 
@@ -153,6 +242,10 @@ def test_notebook_A4_records_every_model(executed):
     figures = entry["figures"]
     assert models["student_alone"]["examples"] == figures["labelled"] == 4
     assert models["student_distilled"]["examples"] == figures["labelled"] + figures["transfer"] == 8
+    # the panel ran once headless, with the notebook's parameters (the small run's 2 steps, 2 questions)
+    panel = figures["panel"]
+    assert panel["n_drop"] == figures["n_drop"] and panel["alpha"] == figures["alpha"] and panel["steps"] == 2
+    assert panel["parameters"] == models["student_distilled"]["parameters"] and 0 <= panel["persona_score"] <= 1
 
 
 @pytest.mark.slow

@@ -113,6 +113,45 @@ def test_classification_view_feeds_fairlearn(monkeypatch, probes, by_name, dp):
         assert view["by_group"]["female"]["selection_rate"] == 1.0
 
 
+def _audit(name: str, gap: float, train_gap: float, probes) -> fairness.Audit:
+    rows = [{"occupation": o["occupation"], "stereotype": o["stereotype"], "stereotyped_gap": gap}
+            for o in probes.occupations_in("audit")]
+    return fairness.Audit(name, bias_gap=gap, abs_gap=abs(gap), he_preference=0.0, per_occupation=rows,
+                          train_gap=train_gap)
+
+
+def test_direction_and_what_moved_leave_noise_as_same(probes):
+    assert fairness.direction(1.0, 0.5, 0.05) == "up" and fairness.direction(0.5, 1.0, 0.05) == "down"
+    assert fairness.direction(0.52, 0.5, 0.05) == "same"
+    before, after = _audit("constrained", 0.40, 0.30, probes), _audit("smaller λ", 0.42, 1.5, probes)
+    scores = {"constrained": 0.5, "smaller λ": 0.5 + 2 / 12}
+    assert fairness.what_moved(after, before, scores, 12) == {"training gap": "up", "audit gap": "same",
+                                                             "persona score": "up"}
+    scores["smaller λ"] = 0.5 + 1 / 12  # one question of twelve: noise
+    assert fairness.what_moved(after, before, scores, 12)["persona score"] == "same"
+
+
+def test_plots_show_every_model_and_outcome(probes):
+    base, persona = _audit("base", 1.0, 1.0, probes), _audit("personalized", -0.5, 1.0, probes)
+    fig = fairness.plot_occupations(base, persona)
+    assert len(fig.axes[0].patches) == 2 * len(probes.occupations_in("audit"))
+    redteam = {"first draft": {"caught": 20, "missed": 9, "false_refusal": 8},
+               "shipped": {"caught": 28, "missed": 4, "false_refusal": 0}}
+    fig = fairness.plot_summary([base, persona], {"personalized": 0.9}, redteam)
+    gaps, scores, red = fig.axes
+    assert len(gaps.patches) == 4 and [b.get_height() for b in scores.patches] == [0.9]
+    assert sorted(b.get_height() for b in red.patches) == [0, 4, 8, 9, 20, 28]
+
+
+def test_measure_gives_the_audit_the_training_gap_and_the_persona_score(tiny, probes):
+    model, tok = tiny
+    result, score = fairness.measure(model, tok, probes, "tiny", templates=1, names_per_group=1, persona_questions=1)
+    assert result.name == "tiny" and result.classification and result.train_gap is not None
+    assert result.train_gap == pytest.approx(
+        fairness.audit(model, tok, probes, split="train", templates=1, classification=False).abs_gap)
+    assert 0 <= score <= 1
+
+
 @pytest.mark.slow
 def test_penalty_shrinks_the_gap_it_is_computed_on(tmp_path, tiny_model_dir, probes):
     """Same data and steps, lambda 0 vs 1: the constrained run ends with a smaller |gap| on its pairs."""

@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from course_lib.appendix import pretrain
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "A1_pretraining.ipynb"
+
+
+def step_cell() -> str:
+    """The code cell of notebook A1 that defines ``make_train_step`` (section 4)."""
+    cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
+    return next(c for c in cells if "def make_train_step" in c)
+
+
+def notebook_step_factory():
+    """``make_train_step`` exactly as notebook A1 writes it: the tests train with the learner's code."""
+    namespace = {"torch": torch, "pretrain": pretrain, "LEARNING_RATE": 1e-2, "STEPS": 60}
+    exec(step_cell(), namespace)
+    return namespace["make_train_step"]
+
+
+def test_the_notebooks_step_does_every_part_of_an_update():
+    source = step_cell()
+    for call in ("model(**batch).loss", "loss.backward()", "clip_grad_norm_", "optimizer.step()", "scheduler.step()",
+                 "optimizer.zero_grad("):
+        assert call in source, call
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +78,26 @@ def test_blocks_have_the_asked_shape_and_short_text_is_an_error(tokenizer):
 
 
 def test_schedule_warms_up_then_decays_to_a_tenth():
-    lrs = [pretrain.lr_at(s, 100, 1.0, 10) for s in range(100)]
+    factor = pretrain.warmup_cosine(100, 10)
+    lrs = [factor(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=0.01)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert factor(100) == factor(500) == pytest.approx(0.1)  # past the plan (the scheduler's last step) it stays low
+
+
+def test_the_notebooks_step_updates_clears_gradients_and_follows_the_schedule(tokenizer):
+    model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    step = notebook_step_factory()(model, learning_rate=1e-3, steps=20, warmup=4)
+    optimizer = next(c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, torch.optim.Optimizer))
+    batch = pretrain.blocks(tokenizer, "Return the number of items in the container.\n" * 40, 16)[:2]
+    before = [p.detach().clone() for p in model.parameters()]
+    factor = pretrain.warmup_cosine(20, 4)
+    for k in range(6):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * factor(k))
+        assert isinstance(step({"input_ids": batch, "labels": batch}), float)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True) after each update
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +107,9 @@ def trained(corpus, tokenizer):
     model = pretrain.build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
     train_blocks = pretrain.blocks(tokenizer, corpus[0][:200_000], 64)
     val_blocks = pretrain.blocks(tokenizer, corpus[1][:20_000], 64)
-    result = pretrain.pretrain(model, tokenizer, train_blocks, val_blocks, steps=60, batch_size=16, lr=1e-2,
-                               warmup=5, eval_every=30, prompts=["The function"])
+    step = notebook_step_factory()(model, learning_rate=1e-2, steps=60, warmup=5)
+    result = pretrain.pretrain(model, tokenizer, train_blocks, val_blocks, step, steps=60, batch_size=16,
+                               eval_every=30, prompts=["The function"])
     return model, result
 
 
@@ -93,7 +134,8 @@ def test_instruction_tuning_lowers_answer_loss_and_saved_model_reloads(trained, 
     answer = tokenizer.decode([t for t, l in zip(examples[0]["input_ids"], examples[0]["labels"]) if l != batches.IGNORE])
     assert answer == "It is 1.<|im_end|>\n"  # only the answer (and its end) is learned
     before = pretrain.answer_loss(model, examples)
-    pretrain.instruction_tune(model, tokenizer, examples, steps=30, batch_size=8, lr=3e-3)
+    step = notebook_step_factory()(model, learning_rate=3e-3, steps=30, weight_decay=0.0)
+    pretrain.instruction_tune(model, tokenizer, examples, step, steps=30, batch_size=8)
     assert pretrain.answer_loss(model, examples) < before / 2
     folder = pretrain.save(model, tokenizer, tmp_path / "tiny")
     again = AutoModelForCausalLM.from_pretrained(folder)
@@ -133,6 +175,7 @@ def test_plan_steps_stays_within_its_bounds_and_leaves_the_model_untouched(token
     model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
     blocks = pretrain.blocks(tokenizer, "Return the number of items in the container.\n" * 40, 16)
     before = [p.detach().clone() for p in model.parameters()]
-    assert pretrain.plan_steps(model, blocks, 4, seconds=1e-9, most=10, least=3) == 3
-    assert pretrain.plan_steps(model, blocks, 4, seconds=1e9, most=10, least=3) == 10
+    make_step = notebook_step_factory()
+    assert pretrain.plan_steps(make_step, model, blocks, 4, seconds=1e-9, most=10, least=3) == 3
+    assert pretrain.plan_steps(make_step, model, blocks, 4, seconds=1e9, most=10, least=3) == 10
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # timed on a copy

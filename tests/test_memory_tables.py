@@ -1,4 +1,4 @@
-"""The planner's tables: the seeds' claims and the best method per GPU (course_lib.memory.tables)."""
+"""The planner's tables: tutorials' memory claims and the best method per GPU (course_lib.memory.tables)."""
 
 from __future__ import annotations
 

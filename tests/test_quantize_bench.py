@@ -1,5 +1,6 @@
 """The quantize stage's table (course_lib/quantize/bench.py): every variant measured by one Bench, the
-table, the claims and figures, ONNX parity, GGUF in the bench, and notebook 04's small run.
+table, the claims and figures, a model built with the real calls and handed to ``Bench.add`` (what
+notebook 04 does), ONNX parity, GGUF in the bench, and notebook 04's small run.
 """
 
 from __future__ import annotations
@@ -63,6 +64,63 @@ def test_table_claims_and_figures(bench):
         for key in ("size_mb", "size_ratio", "ppl_ratio", "ms_per_token", "persona_score"):
             assert f"{variant}_{key}" in figures
     assert figures["onnx_max_abs_logit_diff"] < 1e-3
+
+
+def test_claims_name_their_source_in_words_a_learner_has(bench):
+    claims = bench.claims()
+    assert (claims["source"].str.len() > 0).all()
+    text = " ".join(str(v) for v in claims.to_numpy().ravel()).lower()
+    assert "seed" not in text
+
+
+# --------------------------------------------------------------------------- what the notebook builds itself
+
+
+def test_a_model_built_with_the_real_calls_is_measured_like_its_builder(bench, merged, tmp_path):
+    """Notebook 04's int8 cell: quantize_dynamic, torch.save, bench.add; same figures as bench.run's builder."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+    from transformers import AutoModelForCausalLM
+
+    fresh = quantize.Bench(merged.folder, bench.tokenizer, bench.data, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(merged.folder, dtype=torch.float32)
+    with quantize.quiet():
+        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    folder = fresh.folder("int8_dynamic")
+    torch.save(model.state_dict(), folder / "model.pt")
+    line = fresh.add("int8_dynamic", model, folder)
+    assert "fp32" in fresh.results  # the baseline is measured first
+    assert line.startswith("int8_dynamic (PyTorch): ") and "perplexity x" in line and "ms/token (x" in line
+    assert repr(line) == str(line)  # Jupyter shows it as text, without quotes
+    mine, theirs = fresh.results["int8_dynamic"], bench.results["int8_dynamic"]
+    assert mine.size_mb == pytest.approx(theirs.size_mb, rel=1e-2)
+    assert mine.ppl == pytest.approx(theirs.ppl, rel=1e-5) and mine.notes == theirs.notes
+    assert fresh.run("int8_dynamic") is mine  # same settings: the panel reuses it
+
+
+def test_a_file_added_under_a_name_of_your_own_joins_the_table(bench, tmp_path):
+    fresh = quantize.Bench(bench.model_dir, bench.tokenizer, bench.data, tmp_path)
+    fresh.results["fp32"] = bench.results["fp32"]
+    fresh.add("my_onnx", bench.work_dir / "onnx" / "model.onnx")
+    table = fresh.table()
+    assert list(table.index) == ["fp32", "my_onnx"] and table.loc["my_onnx", "runtime"] == "ONNX Runtime"
+    assert table["predicted MB"].isna()["my_onnx"]  # no prediction for a name the registry does not know
+    assert abs(fresh.ratio("my_onnx", "ppl") - 1) < 1e-5
+    with pytest.raises(ValueError, match="save the model first"):
+        fresh.add("unsaved", object())
+
+
+def test_the_figures_draw(bench):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert len(bench.plot().axes) == 3
+    assert len(quantize.plot_bytes(bench.split).axes) == 1
+    outliers = quantize.activation_outliers(bench.model, bench.data.examples[:1])
+    assert len(quantize.plot_outliers(outliers).axes) == 2
+    plt.close("all")
 
 
 def test_a_rerun_with_the_same_settings_is_free(bench):

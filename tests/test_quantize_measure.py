@@ -39,6 +39,22 @@ def test_merged_model_equals_adapter_on_the_side(merged, tiny_model_dir, data):
     assert abs(ppl_base / merged.ppl_merged - 1) > 1e-4
 
 
+def test_the_merge_cell_calls_give_what_merge_gives(adapter, merged, data, tmp_path):
+    """Notebook 04's merge cell: PeftModel.from_pretrained, MergeCheck, merge_and_unload, check.after."""
+    from peft import PeftModel
+
+    from course_lib import models, runs
+
+    base, _ = models.load(runs.read_config(adapter)["model"], device="cpu", dtype="float32")
+    model = PeftModel.from_pretrained(base, adapter)
+    check = quantize.MergeCheck(model, data)
+    model = model.merge_and_unload()
+    result = check.after(model, tmp_path)
+    assert result.ppl_unmerged == pytest.approx(merged.ppl_unmerged, rel=1e-6)
+    assert result.ppl_merged == pytest.approx(merged.ppl_merged, rel=1e-6)
+    assert abs(result.ppl_ratio - 1) < 1e-3 and result.folder == tmp_path
+
+
 def test_prompt_tuning_cannot_be_merged(tiny_model_dir, tmp_path):
     folder = tmp_path / "pt"
     folder.mkdir()

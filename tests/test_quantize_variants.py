@@ -1,5 +1,6 @@
 """The quantize stage's variants (course_lib/quantize/variants.py): building each one, pruning, the
-int8 layers kept in fp32, llama.cpp's converter and GGUF in llama.cpp.
+int8 layers kept in fp32, llama.cpp's converter and its command, GGUF in llama.cpp, and ``wrap``
+(what notebook 04 built, made measurable).
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def test_pruning_rejects_a_sparsity_of_one(tiny_model_dir):
 
 
 # --------------------------------------------------------------------------- GGUF
+
+
+def test_gguf_command_is_the_converter_script_with_its_options(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("COURSE_GGUF_CONVERTER", str(tmp_path / "converter"))
+    command = quantize.gguf_command("merged", tmp_path / "model.gguf", "f16")
+    assert command == [sys.executable, str(tmp_path / "converter" / "convert_hf_to_gguf.py"), "merged",
+                       "--outfile", str(tmp_path / "model.gguf"), "--outtype", "f16"]
+    with pytest.raises(ValueError, match="GGUF type"):
+        quantize.gguf_command("merged", tmp_path / "model.gguf", "q4_k_m")
 
 
 def test_fetch_converter_takes_only_the_converter_from_the_sdist(tmp_path):
@@ -105,3 +117,26 @@ def test_int8_dynamic_can_keep_chosen_layers_in_fp32(merged, tokenizer, data, tm
     assert any("down_proj kept fp32" in note for note in built.notes)
     result = quantize.measure(built, tokenizer, data)  # what exercise 3 runs
     assert math.isfinite(result.ppl) and len(result.answers) == len(data.items)
+
+
+# --------------------------------------------------------------------------- wrap: what the notebook made, measurable
+
+
+def test_wrap_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        quantize.wrap("onnx", tmp_path / "missing.onnx")
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=".onnx or .gguf"):
+        quantize.wrap("mine", tmp_path / "model.bin")
+    with pytest.raises(ValueError, match="save the model first"):
+        quantize.wrap("bf16", object())
+
+
+def test_wrap_measures_sparsity_and_sizes_from_the_model_and_its_files(tiny_model_dir, tmp_path):
+    model = _load_fp32(tiny_model_dir)
+    stats = quantize.prune_magnitude(model, 0.3)
+    model.save_pretrained(tmp_path)
+    built = quantize.wrap("pruned", model, tmp_path)
+    assert built.extra["measured"] == pytest.approx(stats["measured"]) and built.extra["prunable"] == stats["prunable"]
+    assert built.disk_bytes == quantize.weight_files_bytes(tmp_path) and built.memory_bytes == quantize.weight_bytes(model)
+    assert any("zero, stored densely" in note for note in built.notes)

@@ -2,8 +2,9 @@
 
 The classification track (appendix A3) reuses the default chat model's body as a classifier:
 ``AutoModelForSequenceClassification`` puts a small linear ``score`` head (hidden size -> 3
-labels) on the last token's hidden state; LoRA adapts the attention of the top layers, and the
-head, new and randomly initialized, is trained in full (``modules_to_save``).
+labels) on the last token's hidden state; the notebook's ``LoraConfig`` adapts the attention of
+the top layers (``top_layers``), and the head, new and randomly initialized, is trained in full
+(``modules_to_save``). ``prepare`` loads the model and applies that config.
 
 Real reviews are mostly positive, so a model can look accurate by always saying "positive".
 Two guards: report **macro-F1** (the mean F1 over classes: a class never predicted scores 0)
@@ -139,14 +140,33 @@ def plot_confusion(truth: list[str], predicted: list[str], title: str = "", ax=N
 # --------------------------------------------------------------------------- the LoRA classifier
 
 
-def prepare(model_name: str, lora_r: int = 8, lora_alpha: int = 16, top_layers: int = 8, seed: int = 0):
-    """The chat model's body with a new 3-way ``score`` head; LoRA on q/v of the TOP_LAYERS last layers.
+def top_layers(model_name: str, count: int) -> list[int] | None:
+    """The indices of the last COUNT decoder layers of MODEL_NAME, for LoraConfig's ``layers_to_transform``.
 
-    Adapting only the top layers is a CPU trick: gradients then stop there, so the backward pass
-    skips the lower layers (about 2x faster per step here); on a GPU, adapt all layers (top_layers=0).
+    None (every layer) when COUNT is 0. Adapting only the top layers is a CPU trick: gradients then
+    stop there, so the backward pass skips the lower layers and a step costs less; on a GPU, adapt
+    every layer.
     """
+    from transformers import AutoConfig
+
+    if not count:
+        return None
+    location, kwargs = model_location(model_name)
+    layers = AutoConfig.from_pretrained(location, **kwargs).num_hidden_layers
+    return list(range(max(0, layers - count), layers))
+
+
+def prepare(model_name: str, lora_config, seed: int = 0):
+    """The chat model's body with a new 3-way ``score`` head, wrapped with the notebook's LORA_CONFIG.
+
+    ``AutoModelForSequenceClassification`` puts the head (randomly initialized, hence SEED) on the
+    body; the head reads the last non-padding token, so the config needs the tokenizer's pad id.
+    Each call loads a fresh copy, so two runs can start from the same point.
+    """
+    import copy
+
     import torch
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(model_name)
@@ -157,11 +177,7 @@ def prepare(model_name: str, lora_r: int = 8, lora_alpha: int = 16, top_layers: 
         label2id={label: i for i, label in enumerate(LABELS)}, dtype=torch.float32, **kwargs)
     # The head reads the last non-padding token; without a pad id it cannot find it in a batch.
     model.config.pad_token_id = tokenizer.pad_token_id
-    layers = model.config.num_hidden_layers
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
-                        target_modules=["q_proj", "v_proj"], modules_to_save=["score"],
-                        layers_to_transform=list(range(max(0, layers - top_layers), layers)) if top_layers else None)
-    return get_peft_model(model, config), tokenizer
+    return get_peft_model(model, copy.deepcopy(lora_config)), tokenizer  # a copy: PEFT fills in the config
 
 
 def _dataset(records: list[dict], tokenizer, max_length: int):
@@ -238,11 +254,46 @@ def parse_label(answer: str) -> str | None:
     return min(found)[1] if found else None
 
 
-def zero_shot(model, tokenizer, records: list[dict], max_new_tokens: int = 4, batch_size: int = 16):
-    """Ask the chat model for one label word per review; returns (labels or None, raw answers)."""
-    answers = generate(model, tokenizer, [PROMPT.format(text=r["text"]) for r in records],
+def zero_shot(model, tokenizer, records: list[dict], max_new_tokens: int = 4, batch_size: int = 16,
+              prompt: str = PROMPT):
+    """Ask the chat model for one label word per review; returns (labels or None, raw answers).
+
+    PROMPT holds ``{text}`` where the review goes; a few-shot prompt puts labelled examples before it.
+    """
+    answers = generate(model, tokenizer, [prompt.format(text=r["text"]) for r in records],
                        max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     return [parse_label(a) for a in answers], answers
+
+
+def prompt_problems(prompt) -> list[str]:
+    """What keeps PROMPT from being a usable few-shot prompt (empty when it is one)."""
+    if not isinstance(prompt, str):
+        return ["write a prompt (a string): instructions, one labelled example review per label, then {text}"]
+    problems = [] if "{text}" in prompt else ["it needs a {text} placeholder where the review goes"]
+    try:
+        prompt.format(text="")
+    except (KeyError, IndexError, ValueError):
+        problems.append("other braces in it must be doubled ({{ and }})")
+    if prompt.strip() == PROMPT.strip():
+        return problems + ["this is the zero-shot prompt: add one labelled example review per label"]
+    body = prompt.split("{text}")[0].lower()
+    missing = [label for label in LABELS if label not in body]
+    return problems + ([f"no example labelled {', '.join(missing)} before the review"] if missing else [])
+
+
+def resampling_problems(resampled, train: list[dict], tolerance: float = 0.2) -> list[str]:
+    """What keeps RESAMPLED from being TRAIN with its classes balanced by repetition (empty when it is)."""
+    if not isinstance(resampled, list) or not resampled:
+        return ["build a list of the training reviews, with the rarer labels' reviews repeated"]
+    texts = {r["text"] for r in resampled if isinstance(r, dict) and "text" in r}
+    problems = [] if texts >= {r["text"] for r in train} else ["every training review must still be in it"]
+    if texts - {r["text"] for r in train}:
+        problems.append("it contains reviews that are not training reviews")
+    counts = Counter(r.get("label") for r in resampled if isinstance(r, dict))
+    sizes = [counts[label] for label in LABELS]
+    if min(sizes) < (1 - tolerance) * max(sizes):
+        problems.append(f"the classes are not about equal yet: {dict(zip(LABELS, sizes))}")
+    return problems
 
 
 def results_table(rows: dict[str, dict]):

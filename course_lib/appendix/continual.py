@@ -10,6 +10,9 @@ questions (what it may have forgotten) and on the new-facts questions (what it l
 - ``new_adapter``: freeze the persona adapter and train a second LoRA adapter beside it (PEFT
   multi-adapter); both stay active at answer time, so their updates add up;
 - ``freeze_lower``: keep training the same adapter, but only its LoRA matrices in the top layers.
+
+``describe`` says in words which strategy forgot and learned the most, and ``plot_replay`` draws
+the scores against the replay share, for the notebook's replay panel.
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ def add_second_adapter(model) -> None:
 def freeze_lower_layers(model, keep_top: float = 0.5) -> int:
     """Only the LoRA weights of the top KEEP_TOP share of decoder layers train; returns how many layers.
 
-    The seeds' idea: lower layers hold general features, upper layers task-specific ones, so
-    updating only the top should disturb less of what the model already does.
+    A claim common in fine-tuning tutorials, after Yosinski et al. (2014, "How transferable are
+    features in deep neural networks?"): lower layers hold general features, upper layers
+    task-specific ones, so updating only the top should disturb less of what the model already does.
     """
     layers = model.get_base_model().config.num_hidden_layers
     first = layers - max(1, round(layers * keep_top))
@@ -213,5 +217,42 @@ def plot(figs: dict):
     ax_bars.set_xticks(list(x), names, rotation=15)
     ax_bars.set(ylim=(0, 1.05), title="scores after learning the new facts")
     ax_bars.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def describe(figs: dict) -> str:
+    """Which strategies forgot the most and the least, and which learned the most, in words (ties named together)."""
+    def line(what: str, key: str, best: float, measure: str, before: str, after: str) -> str:
+        names = [n for n in figs if figs[n][key] == best]
+        f = figs[names[0]]
+        return f"{what}: {', '.join(names)} ({measure} {f[before]:.3f} -> {f[after]:.3f})"
+
+    forgetting = [f["forgetting"] for f in figs.values()]
+    gains = [f["new_gain"] for f in figs.values()]
+    old = ("old persona score", "old_score_before", "old_score_after")
+    new = ("new-facts score", "new_score_before", "new_score_after")
+    if max(forgetting) == min(forgetting):
+        lines = [line("forgot the same", "forgetting", max(forgetting), *old)]
+    else:
+        lines = [line("forgot the most", "forgetting", max(forgetting), *old),
+                 line("forgot the least", "forgetting", min(forgetting), *old)]
+    what = "learned the same" if max(gains) == min(gains) else "learned the most"
+    return "\n".join([*lines, line(what, "new_gain", max(gains), *new)])
+
+
+def plot_replay(replay_runs: dict, old_score_before: float, new_score_before: float):
+    """Old and new scores after training against the replay share, one point per share tried (REPLAY_RUNS)."""
+    import matplotlib.pyplot as plt
+
+    shares = sorted(replay_runs)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(shares, [replay_runs[s]["old_score_after"] for s in shares], "o-", label="old persona score after")
+    ax.plot(shares, [replay_runs[s]["new_score_after"] for s in shares], "s-", label="new-facts score after")
+    ax.axhline(old_score_before, color="tab:blue", ls="--", lw=1, label="old persona score before")
+    ax.axhline(new_score_before, color="tab:orange", ls=":", lw=1, label="new-facts score before")
+    ax.set(xlabel="replay share (old examples in the training mix)", ylabel="score", xlim=(-0.05, 0.95),
+           ylim=(0, 1.05), title="how much replay is enough?")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

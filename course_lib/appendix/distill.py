@@ -11,25 +11,22 @@
   its loss the usual one mixed with a KL term pulling its token distributions towards the teacher's
   (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531).
 
-Measured on the default model (30 steps of 8, lr 3e-4, alpha 0.5, T 1, KL on the answer tokens),
-persona score of student alone -> distilled student:
-- teacher = notebook 02's adapter (0.825), 24 labelled + 441 transfer questions: seeds 0, 1, 2:
-  0.625 -> 0.750 (notebook A4's default run), 0.550 -> 0.650, 0.500 -> 0.725. With alpha 0 (the
-  teacher's answers, no KL): 0.750, 0.625, 0.775: the gain is in the answers; the KL added nothing
-  we could measure.
-- the same with 216 transfer questions: 0.625 -> 0.625, 0.550 -> 0.725, 0.500 -> 0.800 (shakier);
-  with 48 labelled examples the lead shrank: 0.675 -> 0.725, 0.600 -> 0.625 (seeds 0, 1).
-- a weak teacher (40-step adapter, 0.675), 24 + 216: 0.800 -> 0.600, 0.625 -> 0.600 (seeds 0, 1):
-  the student copies the teacher's mistakes, while the hand-written answers are right.
+What the measurements on the default model taught (notebook 02's adapter as teacher, several
+seeds; notebook A4 records the scores of its own run, and ``course_lib.reference`` the reference run's):
+- the distilled student led the student alone at every seed tried, by a few of the 40 persona questions;
+- with alpha 0 (the teacher's answers with the usual loss, no KL) it did as well: the gain is in the
+  teacher's answers, the KL added nothing we could measure;
+- a smaller transfer set gave a shakier lead, and more labelled examples a smaller one;
+- a weak teacher (a short adapter) made a worse student than the labels alone: the student copies
+  the teacher's mistakes, while the hand-written answers are right.
 
 What did not work, and why the design is this one: with every one of the 465 labelled examples
-given to both students, the KL on the same data did not beat the usual loss (notebook 02's adapter
-as teacher, the KL alone (alpha 1): 0.800 alone -> 0.775 distilled; an earlier teacher: +0.10 at one seed, -0.10 at
-another, depending on the KL's positions, alpha, T and learning rate; the weak teacher: 0.775 ->
-0.575). The labels already hold everything the teacher learned from, so its distributions add
-little. Its answers to the transfer questions are new to the student: the teacher learned from
-more answers than the student is given (notebook 02 trained it on 240 persona examples, many of
-them the same questions), and it answers the rest in the same voice.
+given to both students, the KL on the same data did not beat the usual loss (the lead changed sign
+with the seed, the KL's positions, alpha, T and the learning rate). The labels already hold
+everything the teacher learned from, so its distributions add little. Its answers to the transfer
+questions are new to the student: the teacher learned from more answers than the student is given
+(notebook 02 trained it on many persona examples, often the same questions), and it answers the
+rest in the same voice.
 """
 
 from __future__ import annotations
@@ -55,17 +52,27 @@ def load_teacher(adapter_dir):
     return model, tokenizer
 
 
+def _band(num_layers: int) -> list[int]:
+    """The layers ``layers_to_drop`` may remove, from the top of the middle band down (the last 5 stay)."""
+    return list(range(num_layers - 6, 0, -2)) or list(range(num_layers - 1, 0, -1))
+
+
+def max_drop(num_layers: int) -> int:
+    """How many layers a model of NUM_LAYERS can lose (the notebook's slider goes this far)."""
+    return len(_band(num_layers))
+
+
 def layers_to_drop(num_layers: int, n_drop: int) -> list[int]:
     """Every other layer of the middle band, from the top of the band down (the last 5 layers stay).
 
-    Measured on the persona teacher (SmolLM2-135M, 30 layers, answer loss 2.21 on 16 training
-    examples before any repair): dropping layer 15 alone gave 2.45, four middle layers 3.36, eight
-    5.06, every other layer of all 30 13.3 (worse than guessing), and layers 20-28 25.7. The last
-    layers turn the residual stream into next-token scores and the first ones build features every
-    later layer reads: the middle ones are the most redundant, and dropping them one apart leaves
-    each gap bridged by a neighbour.
+    Measured on the persona teacher (SmolLM2-135M, 30 layers; answer loss on 16 training examples
+    before any repair): dropping one middle layer barely hurt, four or eight middle layers hurt more
+    and more, while every other layer of all 30, or a block of the last layers, left a model worse
+    than guessing. The last layers turn the residual stream into next-token scores and the first
+    ones build features every later layer reads: the middle ones are the most redundant, and
+    dropping them one apart leaves each gap bridged by a neighbour.
     """
-    band = list(range(num_layers - 6, 0, -2)) or list(range(num_layers - 1, 0, -1))
+    band = _band(num_layers)
     if not 0 < n_drop <= len(band):
         raise ValueError(f"can drop 1 to {len(band)} of this model's {num_layers} layers, not {n_drop}")
     return sorted(band[:n_drop])
@@ -132,7 +139,7 @@ def teacher_answers(teacher, tokenizer, questions: list[str], max_new_tokens: in
     """The transfer set: each question with the teacher's greedy answer, as a chat example.
 
     64 new tokens is room enough: the hand-written persona answers are 26 tokens on average (the
-    longest 46), and notebook 02's teacher answers more briefly (19 on average, the longest 43).
+    longest 46), and notebook 02's teacher answers more briefly.
     """
     answers = evaluate.generate(teacher, tokenizer, questions, max_new_tokens) if questions else []
     return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -220,8 +227,8 @@ def ms_per_token(models: dict, tokenizer, tokens: int = 32) -> dict:
 def transfer_data(teacher, tokenizer, run_dir, *, labelled: int = 24, transfer: int = 441, seed: int = 0) -> dict:
     """The students' data: LABELLED persona examples, and TRANSFER questions the teacher answers.
 
-    24 + 441 = all 465 persona questions. A smaller transfer set was shakier: with 216 questions
-    (24 + 216 = 240, each seen once in 30 steps of 8) seed 0 gave no lead at all (0.625 both).
+    24 + 441 = all 465 persona questions. A smaller transfer set gave a shakier lead: with 216
+    questions (24 + 216 = 240, each seen once in 30 steps of 8) one seed gave no lead at all.
     The teacher's answers are saved to RUN_DIR/distill/transfer.jsonl, for you to read.
     Returns {"labelled", "transfer" (chat examples), "answer_seconds", "file"}.
     """
@@ -264,6 +271,69 @@ def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8
     return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models}
 
 
+def train_and_score(teacher, tokenizer, records, run_dir, *, n_drop: int, distill: bool, eval_limit: int = 0,
+                    max_new_tokens: int = 48, **training) -> dict:
+    """One student, as ``compare`` makes each: cut it, train it on RECORDS, score it on the persona questions.
+
+    What notebook A4's panel and exercises run. TRAINING holds ``train_student``'s settings (steps,
+    batch_size, learning_rate, alpha, temperature, positions, seed). Returns plain figures a notebook
+    can record: n_drop, layers, parameters, persona_score, passed (per question), steps, alpha,
+    losses, train_seconds. The student itself is dropped, so that trying many frees the memory.
+    """
+    student = make_student(teacher, n_drop)
+    run = train_student(student, teacher, tokenizer, records, run_dir, distill=distill, **training)
+    scored = evaluate.evaluate(student.eval(), tokenizer, "persona", max_new_tokens, eval_limit)
+    return {"n_drop": n_drop, "layers": student.config.num_hidden_layers, "parameters": parameters(student),
+            "persona_score": scored.score, "passed": scored.passed, "steps": training.get("steps"),
+            "alpha": training.get("alpha") if distill else None, **run}
+
+
+def direction(new: float, old: float, noise: float = 0.05) -> str:
+    """"better", "worse" or "same": NEW against OLD, a difference within NOISE counting as the same.
+
+    0.05 is two of the 40 persona questions: another seed moves a score by a question or two, so a
+    smaller difference is no evidence either way.
+    """
+    if new > old + noise:
+        return "better"
+    return "worse" if new < old - noise else "same"
+
+
+def check_topk_kl(fn, k: int = 20, seed: int = 0) -> tuple[bool, str]:
+    """Notebook A4's Exercise 3: does FN match ``kl_loss`` using only the teacher's top-K logits?
+
+    FN(student_logits, top_values, top_indices, labels, temperature) gets the teacher's K largest
+    logits per position and their token ids (``teacher_logits.topk(K, -1)``). On a teacher that puts
+    almost all its probability on a few tokens, as a trained model does, its KL on the answer
+    positions must be within 5% of the full one, at two temperatures (so T and T² count).
+    Returns (passed, what was compared).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(2, 9, 500, generator=generator)
+    peaks = torch.randint(500, (2, 9, 3), generator=generator)
+    teacher.scatter_add_(-1, peaks, torch.full(peaks.shape, 20.0))  # a few likely tokens, a long unlikely tail
+    labels = torch.randint(500, (2, 9), generator=generator)
+    labels[:, :4] = -100  # the prompt: no label, no KL
+    # Close to the teacher where the KL counts (positions 3-7 predict answer tokens 4-8), far from it
+    # where it must not: the prompt's positions, and the last one, which predicts nothing.
+    student = torch.randn(2, 9, 500, generator=generator)
+    student[:, 3:8] = teacher[:, 3:8] + torch.randn(2, 5, 500, generator=generator)
+    top = teacher.topk(k, -1)
+    lines, passed = [], True
+    for temperature in (1.0, 1.5):
+        expected = kl_loss(student, teacher, labels, temperature, "answer").item()
+        try:
+            value = fn(student, top.values, top.indices, labels, temperature)
+        except Exception as error:  # a learner's function: say what went wrong instead of stopping Run All
+            return False, f"your function raised {type(error).__name__}: {error}"
+        if value is None:
+            return False, "your function returned None"
+        got = float(value)
+        passed = passed and abs(got - expected) <= 0.05 * abs(expected)
+        lines.append(f"T={temperature:g}: yours {got:.4f}, full KL {expected:.4f}")
+    return passed, "; ".join(lines)
+
+
 def figures(result: dict) -> dict:
     """Per model: parameters, persona_score, ms_per_token (+ layers, training seconds)."""
     return {name: {k: v for k, v in row.items() if k != "eval"} for name, row in result["rows"].items()}
@@ -292,4 +362,45 @@ def plot(result: dict):
     ax_score.set(ylim=(0, 1.05), ylabel="persona score", title="held-out persona score")
     ax_score.tick_params(axis="x", rotation=15)
     fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(figs: dict):
+    """Each model as a dot: time per generated token (x) against persona score (y), sized by parameters."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    largest = max(f["parameters"] for f in figs.values())
+    for name, f in figs.items():
+        ax.scatter(f["ms_per_token"], f["persona_score"], s=400 * f["parameters"] / largest, alpha=0.6,
+                   label=f"{name.replace('_', ' ')}: {f['parameters'] / 1e6:.1f} M parameters")
+    ax.set(xlabel="ms per generated token (left is faster)", ylabel="persona score", ylim=(-0.05, 1.1),
+           title="what each model costs and how much it sounds like Sprout")
+    ax.margins(x=0.2)
+    ax.legend(fontsize=8, markerscale=0.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    plt.close(fig)  # returned for the notebook to show once
+    return fig
+
+
+def plot_tried(tried: dict, result: dict):
+    """The panel's student: its training loss, and its score beside section 5's models on the same questions."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax_loss.plot(range(1, len(tried["losses"]) + 1), tried["losses"], "o-")
+    ax_loss.set(xlabel="logged step", ylabel="training loss",
+                title=f"{tried['layers']} layers left, alpha {tried['alpha']:g}, {tried['steps']} steps")
+    n = len(tried["passed"])
+    names = ["teacher", "student_alone", "student_distilled"]
+    scores = []
+    for name in names:  # the first N questions, the ones the panel's student answered
+        passed = result["rows"][name]["eval"].passed[:n]
+        scores.append(sum(passed) / len(passed))
+    ax_score.bar([*(m.replace("_", " ") for m in names), "yours"], [*scores, tried["persona_score"]],
+                 color=["tab:gray"] * 3 + ["tab:green"])
+    ax_score.set(ylim=(0, 1.05), ylabel="persona score", title=f"the first {n} persona questions")
+    ax_score.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    plt.close(fig)
     return fig

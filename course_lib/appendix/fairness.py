@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from course_lib import batches, data, paths, runs, train
+from course_lib import batches, data, evaluate, paths, runs, train
 
 GROUPS = ("male", "female")
 
@@ -254,6 +254,31 @@ def audit_table(audits: list[Audit], persona_scores: dict | None = None):
     return pd.DataFrame(rows).set_index("model")
 
 
+def measure(model, tokenizer, probes: Probes, name: str, *, templates: int = 0, names_per_group: int = 0,
+            persona_questions: int = 12) -> tuple[Audit, float]:
+    """A fine-tuned model's audit (held-out occupations, with ``train_gap`` on the training ones) and persona score."""
+    result = audit(model, tokenizer, probes, name, templates=templates, names_per_group=names_per_group)
+    result.train_gap = audit(model, tokenizer, probes, name, "train", templates, classification=False).abs_gap
+    return result, evaluate.evaluate(model, tokenizer, "persona", 40, limit=persona_questions).score
+
+
+def direction(new: float, old: float, tolerance: float) -> str:
+    """"up", "down" or "same": NEW against OLD, a difference within TOLERANCE counting as the same."""
+    if new > old + tolerance:
+        return "up"
+    return "down" if new < old - tolerance else "same"
+
+
+def what_moved(after: Audit, before: Audit, scores: dict, persona_questions: int) -> dict:
+    """AFTER against BEFORE: training-occupation |gap|, audit |gap|, persona score, each "up", "down" or "same".
+
+    Within 0.05 nats, or one of the PERSONA_QUESTIONS, counts as the same: one run's noise.
+    """
+    return {"training gap": direction(after.train_gap, before.train_gap, 0.05),
+            "audit gap": direction(after.abs_gap, before.abs_gap, 0.05),
+            "persona score": direction(scores[after.name], scores[before.name], 1.5 / persona_questions)}
+
+
 def _change(before: float, after: float) -> str:
     if abs(after - before) < 0.02:
         return f"stayed at {after:+.3f}"
@@ -304,6 +329,54 @@ def plot_runs(runs: dict):
     right.set(title="language-model loss (the persona task)", xlabel="step", ylabel="loss")
     for ax in (left, right):
         ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_occupations(*audits: Audit):
+    """Stereotyped gap per held-out occupation, one bar per model (> 0 leans to the stereotype)."""
+    import matplotlib.pyplot as plt
+
+    rows = audits[0].per_occupation
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    height = 0.8 / len(audits)
+    for i, a in enumerate(audits):
+        gaps = {r["occupation"]: r["stereotyped_gap"] for r in a.per_occupation}
+        ax.barh([j + i * height for j in range(len(rows))], [gaps[r["occupation"]] for r in rows], height, label=a.name)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(rows))],
+                  [f"{r['occupation']} ({r['stereotype']}-coded)" for r in rows])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="stereotyped gap (nats): > 0 prefers the stereotyped pronoun", title="held-out occupations")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_summary(audits: list[Audit], scores: dict, redteam: dict):
+    """The notebook at a glance: gaps per model, persona score per model, red-team outcomes per filter."""
+    import matplotlib.pyplot as plt
+
+    fig, (gaps, persona, red) = plt.subplots(1, 3, figsize=(14, 3.6), gridspec_kw={"width_ratios": [3, 2, 2]})
+    x = range(len(audits))
+    gaps.bar([i - 0.2 for i in x], [a.bias_gap for a in audits], 0.4, label="bias gap")
+    gaps.bar([i + 0.2 for i in x], [a.abs_gap for a in audits], 0.4, label="mean |gap|")
+    gaps.set_xticks(list(x), [a.name for a in audits], rotation=15)
+    gaps.axhline(0, color="black", lw=0.8)
+    gaps.set(ylabel="nats", title="held-out occupations")
+    scored = [a.name for a in audits if a.name in scores]
+    persona.bar(scored, [scores[n] for n in scored], color="tab:green")
+    persona.set(ylim=(0, 1.05), ylabel="persona score", title="what it cost the persona")
+    persona.tick_params(axis="x", rotation=15)
+    outcomes = ("caught", "missed", "false_refusal")
+    for i, (name, counts) in enumerate(redteam.items()):
+        red.bar([j + (i - (len(redteam) - 1) / 2) * 0.35 for j in range(3)], [counts[o] for o in outcomes], 0.35,
+                label=name)
+    red.set_xticks(range(3), ["caught", "missed", "false refusals"])
+    red.set(ylabel="red-team items", title="the safety filter")
+    for ax in (gaps, red):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -1,16 +1,18 @@
 """Where a base model comes from: a tokenizer and a small Llama trained from scratch, then taught to chat.
 
-The seeds' three stages, the first two in miniature (appendix A1):
+A model like the course's default one is made in three stages; appendix A1 runs the first two in
+miniature:
 1. **pretraining**: next-token prediction on raw text, here English prose from Python's own
    standard-library docstrings (``data_samples/pretrain``, built offline by
    ``data_samples/tools/make_pretrain_corpus.py``);
 2. **instruction tuning**: the same loss on ChatML conversations, counted on the answers only;
 3. **personalization** with LoRA: the main course.
 
-The training loop is written out (about twenty lines in ``pretrain``) instead of using the
-Trainer on purpose: notebook 02 teaches the Trainer, and from scratch is where a learner should
-see the whole loop once: batch, forward, loss, backward, clip, step, schedule. It also lets us
-evaluate and sample at checkpoints and stop on a time budget.
+The notebook writes the training step itself, with plain PyTorch calls (forward, loss, backward,
+clip, optimizer step, schedule step, zero the gradients), and passes it in: ``plan_steps`` times
+that step, ``pretrain`` and ``instruction_tune`` are the loops around it (draw a batch, call the
+step, measure at checkpoints). The notebook does not use the Trainer on purpose: notebook 02
+teaches the Trainer, and training from scratch is where a learner should see every step once.
 
 Perplexities of models with different tokenizers are not comparable (a tokenizer with longer
 tokens has fewer, harder predictions), so the comparison with the default model also reports
@@ -75,7 +77,7 @@ def train_tokenizer(text: str, vocab_size: int = 4096):
 
 def build_model(tokenizer, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
                 intermediate_size: int = 688, max_length: int = 256, seed: int = 0):
-    """A randomly initialized Llama: the default model's architecture, ~30x narrower and ~8x shallower."""
+    """A randomly initialized Llama: the default model's architecture, narrower and much shallower."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -169,52 +171,62 @@ class PretrainResult:
         return pd.DataFrame(self.history)
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak (the usual pretraining schedule)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+def warmup_cosine(steps: int, warmup: int):
+    """The usual pretraining schedule as a factor of the peak rate: linear warmup, then cosine decay to 10%.
+
+    Returns ``factor(step)``, what ``torch.optim.lr_scheduler.LambdaLR`` multiplies the peak by.
+    """
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
-def plan_steps(model, train_blocks, batch_size: int, seconds: float, most: int, least: int = 1,
+def _lm_batch(ids) -> dict:
+    """A pretraining batch: the labels are the inputs (the model shifts them by one itself)."""
+    return {"input_ids": ids, "labels": ids}
+
+
+def plan_steps(make_step, model, train_blocks, batch_size: int, seconds: float, most: int, least: int = 1,
                trial_steps: int = 3) -> int:
     """How many steps fit in SECONDS on this machine, now: time a few steps on a throwaway copy.
 
+    MAKE_STEP(model) builds the notebook's training step for a model; it is called on a deep copy,
+    so the model itself, and the optimizer the notebook builds afterwards, start untouched.
     Planning the number of steps up front (instead of stopping when time runs out) lets the
     learning-rate schedule run its full course, warmup to final decay, on a fast or a slow machine.
     At least LEAST steps, at most MOST.
     """
     import copy
 
-    import torch
-
     trial = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(trial.parameters(), lr=1e-4)
+    step = make_step(trial)
+    batch = _lm_batch(train_blocks[:batch_size])
     times = []
     for _ in range(trial_steps):
         began = time.perf_counter()
-        batch = train_blocks[:batch_size]
-        trial(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step(batch)
         times.append(time.perf_counter() - began)
     step_seconds = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]  # the first pays one-time costs
-    del trial, optimizer
+    del trial, step
     return max(least, min(most, int(seconds / step_seconds)))
 
 
-def pretrain(model, tokenizer, train_blocks, val_blocks, steps: int = 300, batch_size: int = 16,
-             lr: float = 3e-3, warmup: int = 20, eval_every: int = 50, prompts=(), seed: int = 0,
-             max_seconds: float | None = None, on_eval=None) -> PretrainResult:
-    """Next-token prediction on random blocks; held-out perplexity and samples every EVAL_EVERY steps.
+def pretrain(model, tokenizer, train_blocks, val_blocks, train_step, steps: int = 300, batch_size: int = 16,
+             eval_every: int = 50, prompts=(), seed: int = 0, max_seconds: float | None = None,
+             on_eval=None) -> PretrainResult:
+    """The loop around TRAIN_STEP: random blocks in, held-out perplexity and samples every EVAL_EVERY steps.
 
-    MAX_SECONDS, if given, stops early (with a final evaluation) so a slow machine stays in budget.
+    TRAIN_STEP(batch) -> loss is the notebook's step (forward, backward, clip, optimizer and
+    schedule steps); BATCH is ``{"input_ids": ids, "labels": ids}``. MAX_SECONDS, if given, stops
+    early (with a final evaluation) so a slow machine stays in budget.
     """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     result, seen, started, loss = PretrainResult(), 0, time.perf_counter(), float("nan")
     eval_seconds = 0.0
 
@@ -232,16 +244,9 @@ def pretrain(model, tokenizer, train_blocks, val_blocks, steps: int = 300, batch
 
     checkpoint(0)
     for step in range(steps):
-        model.train()
-        batch = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=generator)]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
-        loss_t = model(input_ids=batch, labels=batch).loss  # the model shifts labels by one itself
-        loss_t.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss, seen = loss_t.item(), seen + batch.numel()
+        model.train()  # checkpoints switch to eval mode
+        ids = train_blocks[torch.randint(len(train_blocks), (batch_size,), generator=generator)]
+        loss, seen = train_step(_lm_batch(ids)), seen + ids.numel()
         out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
         if (step + 1) % eval_every == 0 or step + 1 == steps or out_of_time:
             checkpoint(step + 1)
@@ -293,26 +298,22 @@ def _pad(examples: list[dict], pad_id: int):
     return ids, labels, mask
 
 
-def instruction_tune(model, tokenizer, examples: list[dict], steps: int = 60, batch_size: int = 8,
-                     lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Stage two: the same next-token loss, on chat-formatted examples, counted on answers only."""
+def instruction_tune(model, tokenizer, examples: list[dict], train_step, steps: int = 60, batch_size: int = 8,
+                     seed: int = 0) -> list[float]:
+    """Stage two, the loop around TRAIN_STEP: padded batches of chat EXAMPLES, the loss on answers only.
+
+    TRAIN_STEP is the notebook's step built for MODEL (its own rate and schedule); each BATCH is
+    ``{"input_ids", "attention_mask", "labels"}`` with the prompt and the padding labelled -100.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
         ids, labels, mask = _pad([examples[i] for i in picks], tokenizer.pad_token_id)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * (1 - step / steps)  # linear decay: a short fine-tune needs no warmup
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(train_step({"input_ids": ids, "attention_mask": mask, "labels": labels}))
     return losses
 
 

@@ -4,8 +4,9 @@ against what a real run takes.
 - ``plan.py``: the arithmetic from a model's sizes (a ``models.Preset``): parameter counts,
   ``estimate`` (weights, gradients, AdamW, activations, overhead), ``fits``; no torch at import.
 - ``measure.py``: the real peak of a few training steps, each in a fresh process; ``compare``.
-- ``tables.py``: the seeds' claims, the best method per GPU, planner-vs-measurement rows.
-- ``plot.py``: the stacked-bar chart and ``show_plan``.
+- ``tables.py``: memory claims common in fine-tuning tutorials, checked; the best method per GPU;
+  planner-vs-measurement rows.
+- ``plot.py``: the stacked-bar chart, how each part grows with the tokens of a step, ``show_plan``.
 
     python -m course_lib.memory estimate --model smollm2-135m --method lora --seq-len 256 --batch-size 4
     python -m course_lib.memory measure --model smollm2-135m --method lora --seq-len 256 --batch-size 4 --steps 3
@@ -41,7 +42,7 @@ from course_lib.memory.plan import (
     parameter_count,
     preset_from_config,
 )
-from course_lib.memory.plot import COLORS, LABELS, plot, show_plan
+from course_lib.memory.plot import COLORS, LABELS, plot, plot_growth, plot_recommend, show_plan
 from course_lib.memory.tables import claims, compare_table, figures, recommend, verdict
 
 __all__ = [
@@ -49,6 +50,6 @@ __all__ = [
     "HEADROOM", "MB", "METHODS", "NF4_BYTES_PER_PARAM", "PROJECTIONS", "COLORS", "LABELS",
     "Estimate", "Fit", "activation_bytes", "activation_slack", "available_memory_mb", "checkpoint_bytes",
     "claims", "compare", "compare_table", "dims_of", "estimate", "figures", "fits", "linear_shapes",
-    "lora_parameters", "lora_targets", "measure_here", "measure_peak", "parameter_count", "plot",
+    "lora_parameters", "lora_targets", "measure_here", "measure_peak", "parameter_count", "plot", "plot_growth", "plot_recommend",
     "preset_from_config", "recommend", "release_checkpoint_file", "show_plan", "verdict",
 ]

@@ -1,5 +1,6 @@
-"""The planner's tables: the seeds' memory claims checked, the best method per GPU, and the
-planner-vs-measurement rows of ``measure.compare`` as a table, report figures and one sentence.
+"""The planner's tables: memory claims common in fine-tuning tutorials, checked; the best method
+per GPU; and the planner-vs-measurement rows of ``measure.compare`` as a table, report figures and
+one sentence.
 
 Every figure here is an estimate from ``plan`` except the measured peaks in ``compare``'s rows.
 """
@@ -18,7 +19,9 @@ def _gb(mb: float) -> str:
 
 
 def claims(seq_len: int = 512, batch_size: int = 1, gradient_checkpointing: bool = True) -> list[dict]:
-    """The seeds' memory claims, checked by the planner for a GPU in bf16 (estimates, not measurements)."""
+    """Memory claims common in fine-tuning tutorials, checked by the planner for a GPU in bf16
+    (estimates, not measurements). They echo the QLoRA paper's headline (Dettmers et al. 2023: a 65B
+    model fine-tuned on one 48 GB GPU), scaled down to the models people try first."""
     kw = dict(seq_len=seq_len, batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, device="cuda")
     setting = f"seq {seq_len} x batch {batch_size}{', checkpointing' if gradient_checkpointing else ''}, bf16"
     rows = []

@@ -1,8 +1,8 @@
 """The monitor stage: see training as it happens, catch the classic failures, and tune.
 
-    good = monitor.run("good", run_dir, learning_rate=2e-3, max_steps=10)   # a monitored run
-    print(good.advice())                                                    # its alerts, and what to do
-    study = monitor.search(model, run_dir, n_trials=6)                      # Optuna on short runs
+    good = monitor.run("good", run_dir, learning_rate=knobs.LEARNING_RATE, max_steps=10)  # a monitored run
+    print(good.advice())                                                      # its alerts, and what to do
+    study = monitor.search(model, run_dir, n_trials=6)                        # Optuna on short runs
 
 Where things are:
     callback.py       ``Monitor`` (the Trainer callback: records, alerts, early stopping), ``Rules``, ``ADVICE``

@@ -56,8 +56,9 @@ ADVICE = {
                            "hides the cause), add warmup.",
     "vanishing_gradients": "The gradient barely moves the weights. Check that the right layers are trainable "
                            "and the learning rate schedule is not at zero; raise the learning rate or LoRA alpha.",
-    "no_progress": "The loss is flat: the model is not learning. Raise the learning rate (LoRA usually wants "
-                   "1e-4 to 3e-3), check that labels are not all -100, and that the adapter is trainable.",
+    "no_progress": "The loss is flat: the model is not learning. Raise the learning rate 3-10x (LoRA on a small "
+                   "model wants far higher rates than 7B recipes; notebook 02's is a good start), check that "
+                   "labels are not all -100, and that the adapter is trainable.",
     "overfitting": "The model memorizes the training examples instead of learning the task. Stop earlier "
                    "(early stopping does), add data, lower the epochs or LoRA rank, raise dropout/weight decay.",
 }

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from course_lib import ui
+from course_lib import knobs, ui
 from course_lib.monitor.figures import DEFAULT_PLOTS, PLOTS
 from course_lib.monitor.runs import LAB_DEFAULTS, run
 
 
-def monitor_panel(run_dir=None, *, learning_rate: float = 2e-3, max_steps: int = 10, plots=DEFAULT_PLOTS,
-                  **settings):
+def monitor_panel(run_dir=None, *, learning_rate: float = knobs.LEARNING_RATE, max_steps: int = 10,
+                  plots=DEFAULT_PLOTS, **settings):
     """Pick the metrics to plot, a learning rate and a number of steps, press Train: a monitored
     run draws live. SETTINGS are ``run``'s (model, method, batch_size...).
 
@@ -18,7 +18,8 @@ def monitor_panel(run_dir=None, *, learning_rate: float = 2e-3, max_steps: int =
 
     controls = {
         "plots": widgets.SelectMultiple(options=PLOTS, value=tuple(plots), description="plot", rows=len(PLOTS)),
-        "learning_rate": widgets.FloatLogSlider(value=learning_rate, base=10, min=-6, max=0, step=0.25,
+        # 20 stops a decade: quarter decades would snap a rate such as 4e-3 to 3.2e-3
+        "learning_rate": widgets.FloatLogSlider(value=learning_rate, base=10, min=-6, max=0, step=0.05,
                                                 description="learning rate", readout_format=".1e"),
         "max_steps": widgets.IntSlider(value=max_steps, min=2, max=60, description="steps"),
     }

@@ -1,8 +1,10 @@
-"""The variant table: build each variant, measure it the same way, and set it beside the fp32 baseline.
+"""The variant table: measure each variant the same way, and set it beside the fp32 baseline.
 
-``Bench`` remembers what it measured (a re-run with the same settings is free), times every
-variant in turns with the fp32 model, and checks the tutorials' claims against this machine's
-figures. ``panel`` is notebook 04's control for it; ``bytes_table`` its bytes-per-parameter table.
+``Bench.add`` measures what notebook 04 built with the real calls (a saved model, an .onnx or a
+.gguf file); ``Bench.run`` builds a variant with the same calls (variants.py) and measures it.
+The bench remembers what it measured (a re-run with the same settings is free), times every
+variant in turns with the fp32 model, and checks claims common in quantization tutorials against
+this machine's figures. ``panel`` is notebook 04's control for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from course_lib import evaluate, models
 from course_lib.quantize.measure import (
     EvalData,
     _free,
+    log_axis,
     ms_per_token,
     parameter_split,
     perplexity_of_runner,
@@ -28,6 +31,8 @@ from course_lib.quantize.variants import (
     Built,
     build,
     converter_available,
+    fresh_folder,
+    wrap,
 )
 from course_lib.runtimes import NativeCrash
 from course_lib.ui import panel as make_panel
@@ -36,6 +41,13 @@ REFERENCE_EXAMPLES = 4  # validation examples whose logits every variant is comp
 
 
 # --------------------------------------------------------------------------- measuring one variant
+
+
+class Line(str):
+    """A sentence that Jupyter shows as text, without the quotes of a string's repr."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 @dataclass
@@ -149,7 +161,25 @@ class Bench:
         started = time.perf_counter()
         built = build(variant, self.model_dir, self.work_dir, sparsity=self.sparsity, gguf_type=self.gguf_type,
                       int8_skip=self.int8_skip)
-        build_s = time.perf_counter() - started
+        return self._keep(variant, built, time.perf_counter() - started)
+
+    def folder(self, variant: str) -> Path:
+        """An empty WORK_DIR/VARIANT to save a variant you build into (an earlier build there is removed)."""
+        return fresh_folder(self.work_dir, variant)
+
+    def add(self, variant: str, made, folder=None) -> Line:
+        """Measure what you built as VARIANT: a model saved in FOLDER, or an .onnx or .gguf file.
+
+        The fp32 baseline is measured first if it is not yet; the result takes the bench's settings
+        (``sparsity``, ``gguf_type``) as its own. Returns the variant's line (``line``).
+        """
+        if variant != "fp32" and "fp32" not in self.results:
+            self.run("fp32")
+        self._keep(variant, wrap(variant, made, folder), 0.0)
+        return self.line(variant)
+
+    def _keep(self, variant: str, built: Built, build_s: float) -> Result:
+        """Measure BUILT beside the baseline and keep its result; a variant's model is freed afterwards."""
         try:
             result = measure(built, self.tokenizer, self.data, reference=self._reference,
                              baseline_runner=self._baseline if variant != "fp32" else None)
@@ -165,13 +195,6 @@ class Bench:
             result.max_abs_logit_diff, result.top1_agreement = 0.0, 1.0
         self.results[variant] = result
         return result
-
-    def show(self, variant: str, wanted=VARIANTS):
-        """Build and measure VARIANT if it is among WANTED (the notebook's VARIANTS), then its table row."""
-        if variant not in wanted:
-            return f"{variant} is not in VARIANTS: skipped (add it to the parameters cell to measure it)."
-        self.run(variant)
-        return self.row(variant)
 
     @property
     def model(self):
@@ -190,11 +213,25 @@ class Bench:
             self.run(variant, **settings)
         return self.table([v for v in variants if v in self.results])
 
-    def row(self, variant: str):
-        """One variant's line of the table (a DataFrame), or a sentence if it was skipped."""
-        if variant in self.results:
-            return self.table([variant])
-        return self.skipped.get(variant, f"{variant} not measured: add it to VARIANTS.")
+    def order(self) -> list[str]:
+        """The measured variants, in the registry's order, then any you added under names of your own."""
+        return [v for v in VARIANTS if v in self.results] + [v for v in self.results if v not in VARIANTS]
+
+    def line(self, variant: str) -> Line:
+        """One sentence of VARIANT's figures, each beside fp32's, or why it was not measured."""
+        r = self.results.get(variant)
+        if r is None:
+            return Line(self.skipped.get(variant, f"{variant} not measured: add it to VARIANTS."))
+        parts = [f"{variant} ({r.runtime}): {r.size_mb:.1f} MB on disk (x{self.ratio(variant, 'size_mb'):.2f})"]
+        if r.ppl == r.ppl:
+            parts.append(f"perplexity x{self.ratio(variant, 'ppl'):.3f}")
+        if r.persona_score == r.persona_score:
+            parts.append(f"persona score {r.persona_score:.2f}")
+        if r.ms_per_token == r.ms_per_token and variant != "fp32":
+            parts.append(f"{r.ms_per_token:.1f} ms/token (x{self.ratio(variant, 'ms_per_token'):.2f})")
+        elif r.ms_per_token == r.ms_per_token:
+            parts.append(f"{r.ms_per_token:.1f} ms/token")
+        return Line(", ".join(parts) + (f"   [{r.notes}]" if r.notes else ""))
 
     def table(self, variants=None):
         """The comparison table: one row per measured variant, ratios against the fp32 baseline."""
@@ -202,12 +239,10 @@ class Bench:
 
         base = self.results.get("fp32")
         rows = []
-        for variant in variants or [v for v in VARIANTS if v in self.results]:
+        for variant in variants or self.order():
             r = self.results[variant]
             rows.append({
-                "variant": variant, "runtime": r.runtime,
-                "predicted MB": None if r.settings.get("int8_skip") else
-                round(predict_bytes(variant, self.split, r.settings.get("gguf_type", "q8_0")) / 1e6, 1),
+                "variant": variant, "runtime": r.runtime, "predicted MB": self._predicted_mb(variant, r),
                 "size MB": round(r.size_mb, 1),
                 "size ratio": _ratio(r.size_mb, base.size_mb if base else None),
                 "weight memory MB": round(r.weight_mb, 1), "perplexity": _round(r.ppl, 3),
@@ -218,6 +253,11 @@ class Bench:
                 "top-1 agreement": _round(r.top1_agreement, 3), "notes": r.notes,
             })
         return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame()
+
+    def _predicted_mb(self, variant: str, r: Result) -> float | None:
+        if r.settings.get("int8_skip") or variant not in VARIANTS:
+            return None
+        return round(predict_bytes(variant, self.split, r.settings.get("gguf_type", "q8_0")) / 1e6, 1)
 
     def ratio(self, variant: str, what: str) -> float:
         """VARIANT's WHAT over the fp32 baseline's; speed against fp32 timed in the same minute."""
@@ -245,29 +285,24 @@ class Bench:
         return out
 
     def claims(self):
-        """The seeds' claims beside what this machine measured, and whether each one holds here."""
+        """Claims common in quantization tutorials beside what this machine measured, and whether each holds here."""
         import pandas as pd
 
         rows = []
-        for claim, variant, check in CLAIMS:
+        for claim, variant, check, source in CLAIMS:
             if variant not in self.results or (variant != "fp32" and "fp32" not in self.results):
                 continue
             checked = check(self, variant)
             if checked is None:  # a figure this claim needs was not measured (e.g. no llama.cpp here)
                 continue
             measured, holds = checked
-            rows.append({"claim": claim, "variant": variant, "measured here": measured, "holds here?": holds})
+            rows.append({"claim": claim, "variant": variant, "measured here": measured, "holds here?": holds,
+                         "source": source})
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
         """One line per measured variant: size, perplexity, persona and speed, with their ratios."""
-        lines = []
-        for variant in [v for v in VARIANTS if v in self.results]:
-            r = self.results[variant]
-            lines.append(f"{variant:>13}: {r.size_mb:7.1f} MB (x{self.ratio(variant, 'size_mb'):.2f})   "
-                         f"perplexity x{self.ratio(variant, 'ppl'):.3f}   persona {r.persona_score:.2f}   "
-                         f"{r.ms_per_token:6.1f} ms/token (x{self.ratio(variant, 'ms_per_token'):.2f})")
-        return "\n".join(lines)
+        return "\n".join(self.line(v) for v in self.order())
 
     def answers(self, variants=("fp32", "nf4", "gguf"), n: int = 3):
         """The first N persona questions with each variant's greedy answer (a DataFrame)."""
@@ -279,32 +314,49 @@ class Bench:
         return pd.DataFrame(rows)
 
     def plot(self):
-        """Size against perplexity ratio and decoding speed, one point per variant."""
+        """Every measured variant against fp32: size on disk (with its prediction), perplexity and time per token."""
         import matplotlib.pyplot as plt
 
-        fig, (ax_q, ax_s) = plt.subplots(1, 2, figsize=(10, 3.6))
-        for variant, r in self.results.items():
-            ppl_ratio, speed = self.ratio(variant, "ppl"), r.ms_per_token
-            if ppl_ratio == ppl_ratio:
-                ax_q.scatter(r.size_mb, ppl_ratio)
-                ax_q.annotate(variant, (r.size_mb, ppl_ratio), textcoords="offset points", xytext=(4, 4), fontsize=8)
-            if speed == speed:
-                ax_s.barh(variant, speed, color="tab:green" if speed <= self.results["fp32"].ms_per_token else "tab:red")
-        ax_q.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax_q.set(xlabel="size on disk (MB)", ylabel="perplexity / fp32 perplexity", title="smaller vs. worse")
-        ax_s.set(xlabel="ms per generated token (lower is faster)", title="decoding speed on this machine")
-        ax_s.invert_yaxis()
+        names = self.order()
+        rows = list(range(len(names)))
+        fig, (ax_size, ax_ppl, ax_speed) = plt.subplots(1, 3, figsize=(12, 1.6 + 0.4 * len(names)), sharey=True)
+        ax_size.barh(rows, [self.results[v].size_mb for v in names], color="tab:blue")
+        predicted = [(row, self._predicted_mb(v, self.results[v])) for row, v in zip(rows, names)]
+        predicted = [(row, mb) for row, mb in predicted if mb is not None]
+        ax_size.scatter([mb for _, mb in predicted], [row for row, _ in predicted], marker="|", s=300, color="black")
+        ax_size.set(xlabel="size on disk (MB); black tick: predicted", title="smaller?")
+        _ratio_bars(ax_ppl, rows, [self.ratio(v, "ppl") for v in names], "perplexity / fp32's (log scale)", "worse?")
+        _ratio_bars(ax_speed, rows, [self.ratio(v, "ms_per_token") for v in names],
+                    "time per token / fp32's, timed side by side (log scale)", "faster?")
+        ax_size.set_yticks(rows, names)
+        ax_size.invert_yaxis()
         fig.tight_layout()
         return fig
 
 
+def _ratio_bars(ax, rows, ratios, xlabel: str, title: str) -> None:
+    """Bars from 1 (as good as fp32) to each ratio, on a log scale: 0.5 and 2 stand equally far from 1."""
+    known = [r for r in ratios if r == r and r > 0]
+    for row, ratio in zip(rows, ratios):
+        if ratio != ratio or ratio <= 0:
+            ax.text(1, row, " not measured", va="center", fontsize=8, color="grey")
+            continue
+        color = "tab:green" if ratio < 0.98 else "tab:red" if ratio > 1.02 else "tab:gray"
+        ax.barh(row, ratio - 1, left=1, color=color)
+        ax.text(ratio, row, f" x{ratio:.2f} ", va="center", ha="left" if ratio >= 1 else "right", fontsize=8)
+    low, high = min(known + [1.0]), max(known + [1.0])
+    log_axis(ax, min(0.5, low / 1.6), max(2.0, high * 1.6))
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel=xlabel, title=title)
+
+
 def panel(bench: Bench, variants=DEFAULT_VARIANTS, sparsity: float = 0.2, gguf_type: str = "q8_0"):
-    """Pick variants, a sparsity and a GGUF type, press Run: missing ones are built and measured.
+    """Pick variants, a sparsity and a GGUF type, press Run: missing ones are built and measured, and
+    the bench's figure is drawn again with them.
 
     Headless (papermill) it runs once with the given values; already measured variants cost nothing.
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     controls = {
         "variants": widgets.SelectMultiple(options=VARIANTS, value=tuple(variants), rows=len(VARIANTS),
@@ -315,7 +367,11 @@ def panel(bench: Bench, variants=DEFAULT_VARIANTS, sparsity: float = 0.2, gguf_t
     }
 
     def run(variants, sparsity, gguf_type):
-        display(bench.run_many(list(variants), sparsity=sparsity, gguf_type=gguf_type))
+        import matplotlib.pyplot as plt
+
+        bench.run_many(list(variants), sparsity=sparsity, gguf_type=gguf_type)
+        bench.plot()  # every variant measured so far, the new ones included
+        plt.show()
 
     return make_panel(run, controls, button="Build and measure")
 
@@ -386,53 +442,30 @@ def _parity_claim(bench: Bench, variant: str):
             "yes" if r.max_abs_logit_diff < 1e-3 else "no")
 
 
-# (claim as the seeds / tutorials state it, variant it is about, how to check it on this machine)
+# Where a claim comes from: a paper or documentation that makes it, or the tutorials that repeat it.
+TUTORIALS = "common in quantization tutorials"
+ARITHMETIC = "bits-per-weight arithmetic, repeated by tutorials"
+LLM_INT8 = "LLM.int8() paper (Dettmers et al., 2022), for its outlier-aware int8"
+QLORA = "QLoRA paper (Dettmers et al., 2023), on 7B-65B models"
+PRUNING = "common in pruning tutorials"
+LLAMA_CPP = "llama.cpp's description of Q8_0 (blocks of 32, one fp16 scale)"
+
+# (claim as tutorials state it, the variant it is about, how to check it on this machine, its source)
 CLAIMS = [
-    ("FP32 to INT8: 75% smaller", "int8_dynamic", _size_claim(0.25)),
-    ("FP32 to INT8: 75% smaller", "bnb_int8", _size_claim(0.25)),
-    ("INT8 is faster than FP32", "int8_dynamic", _speed_claim),
-    ("INT8 is faster than FP32", "bnb_int8", _speed_claim),
-    ("4-bit (bitsandbytes NF4): ~8x smaller than FP32", "nf4", _size_claim(0.125, 0.03)),
-    ("8-bit quantization barely changes quality (<1% perplexity)", "int8_dynamic", _quality_claim(1.01)),
-    ("8-bit quantization barely changes quality (<1% perplexity)", "bnb_int8", _quality_claim(1.01)),
-    ("4-bit NF4 keeps quality (<5% perplexity)", "nf4", _quality_claim(1.05)),
-    ("Pruning the 20% smallest weights makes the model smaller and faster", "pruned", _pruning_claim),
-    ("Pruning 20% of weights barely changes quality (<5% perplexity)", "pruned", _quality_claim(1.05)),
-    ("ONNX export gives the same outputs", "onnx", _parity_claim),
-    ("ONNX Runtime is faster than PyTorch", "onnx", _speed_claim),
-    ("GGUF Q8_0 is ~3.8x smaller than FP32 (8.5 bits per weight)", "gguf", _size_claim(8.5 / 32, 0.03)),
-    ("llama.cpp is faster than PyTorch on CPU", "gguf", _speed_claim),
-    ("bf16 halves the size", "bf16", _size_claim(0.5, 0.02)),
-    ("bf16 is faster than fp32", "bf16", _speed_claim),
+    ("FP32 to INT8: 75% smaller", "int8_dynamic", _size_claim(0.25), ARITHMETIC),
+    ("FP32 to INT8: 75% smaller", "bnb_int8", _size_claim(0.25), ARITHMETIC),
+    ("INT8 is faster than FP32", "int8_dynamic", _speed_claim, TUTORIALS),
+    ("INT8 is faster than FP32", "bnb_int8", _speed_claim, TUTORIALS),
+    ("4-bit (bitsandbytes NF4): ~8x smaller than FP32", "nf4", _size_claim(0.125, 0.03), ARITHMETIC),
+    ("8-bit quantization barely changes quality (<1% perplexity)", "int8_dynamic", _quality_claim(1.01), TUTORIALS),
+    ("8-bit quantization barely changes quality (<1% perplexity)", "bnb_int8", _quality_claim(1.01), LLM_INT8),
+    ("4-bit NF4 keeps quality (<5% perplexity)", "nf4", _quality_claim(1.05), QLORA),
+    ("Pruning the 20% smallest weights makes the model smaller and faster", "pruned", _pruning_claim, PRUNING),
+    ("Pruning 20% of weights barely changes quality (<5% perplexity)", "pruned", _quality_claim(1.05), PRUNING),
+    ("ONNX export gives the same outputs", "onnx", _parity_claim, TUTORIALS),
+    ("ONNX Runtime is faster than PyTorch", "onnx", _speed_claim, TUTORIALS),
+    ("GGUF Q8_0 is ~3.8x smaller than FP32 (8.5 bits per weight)", "gguf", _size_claim(8.5 / 32, 0.03), LLAMA_CPP),
+    ("llama.cpp is faster than PyTorch on CPU", "gguf", _speed_claim, TUTORIALS),
+    ("bf16 halves the size", "bf16", _size_claim(0.5, 0.02), ARITHMETIC),
+    ("bf16 is faster than fp32", "bf16", _speed_claim, TUTORIALS),
 ]
-
-
-# --------------------------------------------------------------------------- bytes per parameter
-
-
-def bits_per_weight(split: dict) -> list[tuple[str, float, str]]:
-    """(format, bits per weight with its scales, what the extra bits are) for the common formats."""
-    per_row = 32 * split["linear_rows"] / split["linear"]  # LLM.int8: one fp32 scale per output row
-    return [
-        ("fp32", 32.0, "sign, 8-bit exponent, 23-bit mantissa"),
-        ("bf16", 16.0, "fp32's exponent range with a 7-bit mantissa"),
-        ("int8, one scale per tensor (PyTorch dynamic)", 8.0, "one float scale per matrix: negligible"),
-        ("LLM.int8 (bitsandbytes)", 8 + per_row, "an fp32 scale per output row"),
-        ("GGUF Q8_0", 8.5, "an fp16 scale per block of 32 weights"),
-        ("NF4 (bitsandbytes)", 4 + 32 / 64, "an fp32 absmax per block of 64 weights"),
-        ("NF4 + double quantization", 4 + 8 / 64 + 32 / (64 * 256), "absmax in 8 bits; one fp32 per 256 absmax"),
-    ]
-
-
-def bytes_table(split: dict):
-    """Predicted weight sizes per format: all weights converted, or only the decoder's Linear layers."""
-    import pandas as pd
-
-    rest = split["total"] - split["linear"]
-    rows = [{"format": name, "bits/weight": round(bits, 3), "bytes/weight": round(bits / 8, 3),
-             "everything MB": round(split["total"] * bits / 8 / 1e6, 1),
-             "Linear layers only, rest fp32 MB": round((split["linear"] * bits / 8 + rest * 4) / 1e6, 1),
-             "the extra bits": why}
-            for name, bits, why in bits_per_weight(split)]
-    return pd.DataFrame(rows).set_index("format")
-

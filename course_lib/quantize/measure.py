@@ -1,12 +1,12 @@
-"""What the quantize stage measures, the same way for every variant: the merge (adapter folded in),
-the shared inputs, perplexity over any runtime, decoding speed, bytes on disk and in memory, and
-where the parameters are (for predicting each format's size before building it).
+"""What the quantize stage measures, the same way for every variant: the merge check (adapter on
+the side, then folded in), the shared inputs, perplexity over any runtime, decoding speed, bytes on
+disk and in memory, the activation outliers that break int8, and where the parameters are (for
+predicting each format's size before building it: ``predict_bytes``, ``bytes_table``, ``plot_bytes``).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import shutil
@@ -72,7 +72,6 @@ def _free(*objects) -> None:
 @dataclass
 class MergeResult:
     folder: Path
-    base_model: str
     ppl_unmerged: float
     ppl_merged: float
     max_abs_logit_diff: float
@@ -88,6 +87,25 @@ class MergeResult:
                 f"{self.max_abs_logit_diff:.1e}   ({self.seconds:.0f} s)")
 
 
+class MergeCheck:
+    """Perplexity and logits of a model with its adapter on the side, then the same after merging.
+
+    Merging is exact algebra (W + B·A·alpha/r), so ``after`` must find a perplexity ratio of 1.000
+    up to float rounding. Measure before ``merge_and_unload``: it changes the base weights in place.
+    """
+
+    def __init__(self, with_adapter, data: EvalData, examples: int = 16):
+        self.started = time.perf_counter()
+        self.examples = data.examples[:examples]
+        self.ppl, self.logits = perplexity_of_runner(TorchRunner(with_adapter), self.examples, keep_logits=2)
+
+    def after(self, merged_model, folder) -> MergeResult:
+        """The same figures for MERGED_MODEL (saved in FOLDER), set beside those taken before merging."""
+        ppl, logits = perplexity_of_runner(TorchRunner(merged_model), self.examples, keep_logits=2)
+        diff = max(float(abs(a - b).max()) for a, b in zip(self.logits, logits))
+        return MergeResult(Path(folder), self.ppl, ppl, diff, time.perf_counter() - self.started)
+
+
 def load_unmerged(adapter_dir, dtype="float32"):
     """Base model (full precision, even for a QLoRA adapter) + adapter on the side -> (model, tokenizer, cfg)."""
     cfg = runs.read_config(adapter_dir)
@@ -96,39 +114,35 @@ def load_unmerged(adapter_dir, dtype="float32"):
                          "(prompt tuning adds virtual tokens, not weight updates); train LoRA or QLoRA.")
     # A QLoRA adapter was trained against 4-bit weights; we merge it into the full-precision ones
     # (merging into 4-bit weights would round the update away), as a deployment pipeline does.
+    # runs.load: the base by AutoModelForCausalLM.from_pretrained, then PeftModel.from_pretrained.
     model, tokenizer = runs.load(adapter_dir, device="cpu", dtype=dtype, full_precision=True)
     return model, tokenizer, cfg
 
 
 def merge(adapter_dir, out_dir, data: EvalData | None = None, examples: int = 16) -> MergeResult:
-    """Fold the adapter's B·A into the base weights and save a standard model folder.
+    """Notebook 04's merge cell in one call (for the command line and the tests): the base with the
+    adapter on the side, ``merge_and_unload`` (W' = W + B·A·alpha/r), saved as a standard model folder.
 
-    Measures perplexity before and after on DATA's validation examples (the first EXAMPLES of
-    them): merging is exact algebra (W + B·A·alpha/r), so the ratio must be 1.000 up to rounding.
+    Measures perplexity before and after on DATA's validation examples (the first EXAMPLES of them).
+    The folder is written beside OUT_DIR, then renamed into place, so a failed save leaves no half folder.
     """
-    started = time.perf_counter()
     with runtimes.quiet():
         model, tokenizer, cfg = load_unmerged(adapter_dir)
     if data is None:
         data = eval_data(tokenizer, ppl_examples=examples, persona_questions=0)
-    subset = data.examples[:examples]
-    before = TorchRunner(model)
-    ppl_before, logits_before = perplexity_of_runner(before, subset, keep_logits=2)
+    check = MergeCheck(model, data, examples)
     merged = model.merge_and_unload() if cfg["method"] != "full" else model
-    ppl_after, logits_after = perplexity_of_runner(TorchRunner(merged), subset, keep_logits=2)
-    diff = max(float(abs(a - b).max()) for a, b in zip(logits_before, logits_after))
     out = Path(out_dir)
     staging = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     with runtimes.quiet():
         merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "course_merge.json").write_text(json.dumps(
-        {"adapter": str(adapter_dir), "base_model": cfg["model"], "method": cfg["method"]}, indent=2))
     shutil.rmtree(out, ignore_errors=True)  # derived from the adapter: rebuilt, never the learner's own work
     staging.rename(out)
+    result = check.after(merged, out)
     _free(merged, model)
-    return MergeResult(out, cfg["model"], ppl_before, ppl_after, diff, time.perf_counter() - started)
+    return result
 
 
 # --------------------------------------------------------------------------- 2. what we measure
@@ -266,6 +280,32 @@ def activation_outliers(model, examples, levels: int = 127):
     return pd.DataFrame(rows).set_index("layer input of").sort_values("max / median")
 
 
+def log_axis(ax, low: float, high: float, base: int = 2) -> None:
+    """A log-scale x axis from LOW to HIGH, labelled at powers of BASE in plain numbers (0.25, 1, 4)."""
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    ticks = [float(base) ** k for k in range(-12, 16) if low <= float(base) ** k <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks([], minor=True)
+
+
+def plot_outliers(table):
+    """``activation_outliers``' TABLE as two bar charts: how far the largest input value stands out
+    from the typical one, and the share of the input that int8 with one scale per tensor rounds to 0.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ratio, ax_zero) = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    ratios = table["max / median"].clip(lower=1)
+    ax_ratio.barh(table.index, ratios - 1, left=1, color="tab:orange")
+    log_axis(ax_ratio, 1, max(10.0, float(ratios.max()) * 1.5), base=10)
+    ax_ratio.set(xlabel="max |x| / median |x| (log scale)", title="how far the outliers stand out")
+    ax_zero.barh(table.index, table["share rounded to 0 in int8"], color="tab:red")
+    ax_zero.set(xlim=(0, 1), xlabel="share of the input rounded to 0", title="what one int8 scale per tensor loses")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- 3. bytes per parameter
 
 
@@ -314,3 +354,52 @@ def predict_bytes(variant: str, split: dict, gguf_type: str = "q8_0", double_qua
         bits = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5}[gguf_type]
         return split["total"] * bits / 8
     raise ValueError(f"no prediction for {variant!r}")
+
+
+def bits_per_weight(split: dict) -> list[tuple[str, float, str]]:
+    """(format, bits per weight with its scales, what the extra bits are) for the common formats."""
+    per_row = 32 * split["linear_rows"] / split["linear"]  # LLM.int8: one fp32 scale per output row
+    return [
+        ("fp32", 32.0, "sign, 8-bit exponent, 23-bit mantissa"),
+        ("bf16", 16.0, "fp32's exponent range with a 7-bit mantissa"),
+        ("int8, one scale per tensor (PyTorch dynamic)", 8.0, "one float scale per matrix: negligible"),
+        ("LLM.int8 (bitsandbytes)", 8 + per_row, "an fp32 scale per output row"),
+        ("GGUF Q8_0", 8.5, "an fp16 scale per block of 32 weights"),
+        ("NF4 (bitsandbytes)", 4 + 32 / 64, "an fp32 absmax per block of 64 weights"),
+        ("NF4 + double quantization", 4 + 8 / 64 + 32 / (64 * 256), "absmax in 8 bits; one fp32 per 256 absmax"),
+    ]
+
+
+def bytes_table(split: dict):
+    """Predicted weight sizes per format: all weights converted, or only the decoder's Linear layers."""
+    import pandas as pd
+
+    rest = split["total"] - split["linear"]
+    rows = [{"format": name, "bits/weight": round(bits, 3), "bytes/weight": round(bits / 8, 3),
+             "everything MB": round(split["total"] * bits / 8 / 1e6, 1),
+             "Linear layers only, rest fp32 MB": round((split["linear"] * bits / 8 + rest * 4) / 1e6, 1),
+             "the extra bits": why}
+            for name, bits, why in bits_per_weight(split)]
+    return pd.DataFrame(rows).set_index("format")
+
+
+
+def plot_bytes(split: dict):
+    """``bytes_table`` as bars: each format's predicted size if every weight is converted, and if only
+    the decoder's Linear layers are (the rest kept fp32, as most libraries do), beside fp32's size.
+    """
+    import matplotlib.pyplot as plt
+
+    table = bytes_table(split)
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    rows = range(len(table))
+    ax.barh([r - 0.2 for r in rows], table["everything MB"], height=0.4, label="every weight converted")
+    ax.barh([r + 0.2 for r in rows], table["Linear layers only, rest fp32 MB"], height=0.4,
+            label="Linear layers only, the rest fp32")
+    ax.axvline(table["everything MB"].iloc[0], color="grey", lw=0.8, ls="--")
+    ax.set_yticks(list(rows), table.index)
+    ax.invert_yaxis()
+    ax.set(xlabel="predicted size of this model's weights (MB)", title="bytes per parameter, before building anything")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,9 +1,13 @@
-"""The variants of the merged model, one builder each, and the registry ``build`` looks them up in.
+"""The variants of the merged model: what notebook 04 builds with the real calls, and the same
+calls as one builder each, in the registry ``build`` looks them up in (for the panel, the command
+line, the benchmarks and the tests).
 
-A builder writes its variant's files under WORK_DIR/VARIANT and returns a ``Built``: how to run it
-(a runner from course_lib.runtimes), its bytes on disk and in memory, and notes for the table. The
-export formats live here too: ONNX (run by ONNX Runtime) and GGUF (run by llama.cpp), with the
-install-time fetch of llama.cpp's converter that GGUF needs.
+A variant ends as a ``Built`` (``wrap``): how to run it (a runner from course_lib.runtimes), its
+bytes on disk and in memory, and notes for the table. ``wrap`` takes what you made: a model you
+saved in a folder (PyTorch), an ``.onnx`` file (ONNX Runtime) or a ``.gguf`` file (llama.cpp). Each
+builder is the notebook's cell for its variant: load, convert, save, ``wrap``. The export formats
+live here too: the ONNX graph with its KV cache, and llama.cpp's converter (its command and the
+install-time fetch that GGUF needs).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from course_lib.runtimes import (
 DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
 RUNTIMES = {"onnx": "ONNX Runtime", "gguf": "llama.cpp"}
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's converter writes by itself
+# What the table's notes column says of a variant, whoever built it (the notebook or a builder).
+NOTES = {"int8_dynamic": "embedding stays fp32, output layer gets an int8 copy", "bnb_int8": "embedding stays fp32",
+         "nf4": "embedding stays fp32", "onnx": "tied embedding stored twice"}
 
 
 @dataclass
@@ -65,7 +72,80 @@ def _load_fp32(model_dir, dtype="float32"):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
 
 
-# --------------------------------------------------------------------------- pruning and the ONNX export
+def fresh_folder(work_dir, variant: str) -> Path:
+    """An empty WORK_DIR/VARIANT for a variant's files (an earlier build there is removed: it is derived)."""
+    out = Path(work_dir) / variant
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# --------------------------------------------------------------------------- what you made, ready to measure
+
+
+def wrap(variant: str, made, folder=None, runnable: bool = True) -> Built:
+    """MADE, ready to measure as VARIANT: a model saved in FOLDER, or the path of an .onnx or .gguf file.
+
+    Sizes are measured, not assumed: size on disk from the weight files in FOLDER (a file's own
+    folder by default), memory from the model's tensors (the file itself for ONNX and GGUF, which
+    the runtime maps into memory). ``runnable=False`` skips starting a runtime (a size check only).
+    """
+    if isinstance(made, (str, os.PathLike)):
+        path = Path(made)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: build it first, then measure it.")
+        if path.suffix == ".gguf":
+            return _wrap_gguf(variant, path, runnable)
+        if path.suffix != ".onnx":
+            raise ValueError(f"{path}: a file to measure must be an .onnx or .gguf model")
+        size = weight_files_bytes(folder or path.parent)
+        return Built(variant, OnnxRunner(path) if runnable else None, size, size, path.parent,
+                     notes=[NOTES["onnx"]] if variant == "onnx" else [])
+    if folder is None:
+        raise ValueError(f"{variant}: save the model first and pass its folder (size on disk is measured there).")
+    notes, extra = [NOTES[variant]] if variant in NOTES else [], {}
+    kept = _linear_kinds_in_fp32(made) if variant == "int8_dynamic" else []
+    if kept:
+        notes.append(f"{', '.join(kept)} kept fp32")
+    if variant == "pruned":
+        extra = decoder_sparsity(made)
+        notes.append(f"{extra['measured']:.0%} of decoder weights zero, stored densely")
+    return Built(variant, TorchRunner(made), weight_files_bytes(folder), weight_bytes(made), Path(folder),
+                 notes=notes, extra=extra)
+
+
+def _linear_kinds_in_fp32(model) -> list[str]:
+    """Kinds of Linear layer (q_proj, down_proj...) a dynamic-int8 model still runs in fp32."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m) is torch.nn.Linear})
+
+
+def _wrap_gguf(variant: str, path: Path, runnable: bool) -> Built:
+    """A GGUF file, run by llama.cpp if it is installed.
+
+    llama.cpp runs in a child process: if it crashes while loading the file (a build for the wrong
+    CPU), the variant is written, not run, and its notes say why and how to fix it.
+    """
+    contents = gguf_contents(path)
+    types = contents.get("tensors") or {}
+    kind = max(types, key=types.get).lower() if types else path.stem
+    notes = [f"{kind}; +{contents['metadata_mb']:.1f} MB tokenizer and template"]
+    runner, extra = None, {}
+    missing = llama_cpp_available()
+    if runnable and missing:
+        notes.append("not run: llama-cpp-python is not installed")
+    elif runnable:
+        try:
+            runner = LlamaCppRunner(path)
+        except NativeCrash as crash:
+            notes.append(f"not run: {crash}")
+            extra["error"] = str(crash)
+    size = path.stat().st_size
+    return Built(variant, runner, size, size, path.parent, notes=notes, extra=extra)
+
+
+# --------------------------------------------------------------------------- pruning
 
 
 def prune_magnitude(model, sparsity: float) -> dict:
@@ -96,13 +176,27 @@ def prune_magnitude(model, sparsity: float) -> dict:
     return {"asked": sparsity, "measured": zeros / sum(sizes), "pruned_weights": zeros, "prunable": sum(sizes)}
 
 
-def export_onnx(model, path) -> Path:
-    """Export MODEL with its KV cache as inputs/outputs, so ONNX Runtime can decode token by token.
+def decoder_sparsity(model) -> dict:
+    """The share of exact zeros among the weights of the decoder's Linear layers (what pruning zeroes)."""
+    import torch
 
-    The graph takes input_ids plus past keys/values of every layer and returns logits plus the
-    updated keys/values. Exported with the TorchScript-based exporter (``dynamo=False``, opset 17):
-    fast here, and it traces the general path (a prompt after earlier tokens) that covers every
-    later call; the parity check against PyTorch is what proves it.
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"]
+    zeros, total = sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+    return {"measured": zeros / total if total else 0.0, "pruned_weights": zeros, "prunable": total}
+
+
+# --------------------------------------------------------------------------- ONNX: the graph with its KV cache
+
+
+def with_kv_cache(model):
+    """MODEL as a module ``torch.onnx.export`` can trace with its KV cache as inputs and outputs.
+
+    Text generation feeds each layer's keys and values back in, token after token; the graph must
+    take them (``past.<layer>.key``...) and return the new ones (``present...``), or ONNX Runtime would
+    recompute the whole text for every token. The returned module carries what the export call
+    needs: ``example`` (inputs to trace), ``input_names``, ``output_names`` and ``dynamic_axes`` (the
+    lengths that vary from call to call).
     """
     import torch
     from transformers import DynamicCache
@@ -120,17 +214,33 @@ def export_onnx(model, path) -> Path:
     cfg = model.config
     layers, kv_heads = cfg.num_hidden_layers, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    names_in = ["input_ids"] + [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    names_out = ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    axes = {"input_ids": {1: "sequence"}, "logits": {1: "sequence"},
-            **{n: {2: "past_sequence"} for n in names_in[1:]}, **{n: {2: "total_sequence"} for n in names_out[1:]}}
+    graph = WithCache(model.eval())
+    graph.input_names = ["input_ids"] + [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    graph.output_names = ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    graph.dynamic_axes = {"input_ids": {1: "sequence"}, "logits": {1: "sequence"},
+                          **{n: {2: "past_sequence"} for n in graph.input_names[1:]},
+                          **{n: {2: "total_sequence"} for n in graph.output_names[1:]}}
     # Example shapes matter for a tracer: 3 earlier tokens and a 4-token input take the general branch.
-    example = (torch.zeros(1, 4, dtype=torch.long), *[torch.zeros(1, kv_heads, 3, head_dim) for _ in names_in[1:]])
+    graph.example = (torch.zeros(1, 4, dtype=torch.long),
+                     *[torch.zeros(1, kv_heads, 3, head_dim) for _ in graph.input_names[1:]])
+    return graph
+
+
+def export_onnx(model, path) -> Path:
+    """Notebook 04's export cell: ``torch.onnx.export`` of MODEL with its KV cache, to PATH.
+
+    The TorchScript-based exporter (``dynamo=False``, opset 17): fast here, and it traces the
+    general path (a prompt after earlier tokens) that covers every later call; the parity check
+    against PyTorch is what proves it. ``quiet`` hides the tracer's notes about Python branches it froze.
+    """
+    import torch
+
+    graph = with_kv_cache(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), runtimes.quiet():
-        torch.onnx.export(WithCache(model.eval()), example, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(graph, graph.example, path, input_names=graph.input_names, output_names=graph.output_names,
+                          dynamic_axes=graph.dynamic_axes, opset_version=17, dynamo=False)
     return path
 
 
@@ -188,18 +298,28 @@ def fetch_converter(dest=None, sdist=None, version: str | None = None) -> Path:
     return dest
 
 
-def convert_gguf(model_dir, out_file, outtype: str = "q8_0") -> Path:
-    """Run llama.cpp's converter on a model folder (subprocess; ~10-30 s for a 135M model)."""
+def gguf_command(model_dir, out_file, outtype: str = "q8_0") -> list[str]:
+    """The command that converts a model folder to GGUF: llama.cpp's ``convert_hf_to_gguf.py``, run as a script.
+
+    The same list works in a terminal (``shlex.join`` prints it); OUTTYPE is one of ``GGUF_TYPES``,
+    the types the converter writes by itself (smaller ones, Q4_K and friends, need llama.cpp's
+    compiled ``llama-quantize``).
+    """
     if outtype not in GGUF_TYPES:
         raise ValueError(f"GGUF type must be one of {GGUF_TYPES}, not {outtype!r}")
+    return [sys.executable, str(converter_dir() / "convert_hf_to_gguf.py"), str(model_dir),
+            "--outfile", str(out_file), "--outtype", outtype]
+
+
+def convert_gguf(model_dir, out_file, outtype: str = "q8_0") -> Path:
+    """Run ``gguf_command`` (a child process; ~10-30 s for a 135M model), with its last lines if it fails."""
+    command = gguf_command(model_dir, out_file, outtype)
     missing = converter_available()
     if missing:
         raise FileNotFoundError(missing)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, str(converter_dir() / "convert_hf_to_gguf.py"), str(model_dir),
-                           "--outfile", str(out_file), "--outtype", outtype],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0 or not out_file.exists():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
         raise RuntimeError(f"llama.cpp's converter failed on {model_dir}:\n{tail}")
@@ -224,15 +344,15 @@ def gguf_contents(path) -> dict:
 
 
 # --------------------------------------------------------------------------- one builder per variant
-# Each takes (the merged model's folder, the variant's own empty folder, Options). The PyTorch and
-# ONNX builders run under runtimes.quiet(), which silences the conversion libraries' routine warnings.
+# Each is notebook 04's cell for its variant, taking (the merged model's folder, the variant's own
+# empty folder, Options). The PyTorch and ONNX builders run under runtimes.quiet(), which silences
+# the conversion libraries' routine warnings.
 
 
 @runtimes.quiet()
 def build_fp32(model_dir: Path, out: Path, options: Options) -> Built:
     """The baseline: the merged model as saved (nothing new is written)."""
-    model = _load_fp32(model_dir)
-    return Built("fp32", TorchRunner(model), weight_files_bytes(model_dir), weight_bytes(model), model_dir)
+    return wrap("fp32", _load_fp32(model_dir), model_dir)
 
 
 @runtimes.quiet()
@@ -240,7 +360,7 @@ def build_bf16(model_dir: Path, out: Path, options: Options) -> Built:
     """Every weight in bfloat16: fp32's exponent range, a 7-bit mantissa."""
     model = _load_fp32(model_dir, "bfloat16")
     model.save_pretrained(out)
-    return Built("bf16", TorchRunner(model), weight_files_bytes(out), weight_bytes(model), out)
+    return wrap("bf16", model, out)
 
 
 @runtimes.quiet()
@@ -251,15 +371,15 @@ def build_int8_dynamic(model_dir: Path, out: Path, options: Options) -> Built:
 
     # Every nn.Linear gets int8 weights (one scale per tensor); activations are quantized on
     # the fly, per batch. The embedding is not a Linear: it stays fp32 (and the output layer,
-    # which shared it, gets its own int8 copy).
+    # which shared it, gets its own int8 copy). Given names instead of the type, only those layers.
     model = _load_fp32(model_dir)
-    layers = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-              and not any(part in name for part in options.int8_skip)}
+    layers = {torch.nn.Linear}
+    if options.int8_skip:
+        layers = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                  and not any(part in name for part in options.int8_skip)}
     model = quantize_dynamic(model, layers, dtype=torch.qint8)
-    torch.save(model.state_dict(), out / "model_int8_dynamic.pt")
-    skipped = [f"{', '.join(options.int8_skip)} kept fp32"] if options.int8_skip else []
-    return Built("int8_dynamic", TorchRunner(model), weight_files_bytes(out), weight_bytes(model), out,
-                 notes=["embedding stays fp32, output layer gets an int8 copy"] + skipped)
+    torch.save(model.state_dict(), out / "model.pt")  # save_pretrained cannot write these packed layers
+    return wrap("int8_dynamic", model, out)
 
 
 def _bitsandbytes(variant: str, model_dir: Path, out: Path, quant) -> Built:
@@ -270,10 +390,9 @@ def _bitsandbytes(variant: str, model_dir: Path, out: Path, quant) -> Built:
     # bitsandbytes quantizes the Linear layers of the decoder; it keeps the embedding and the
     # output layer (tied to it) in full precision: they are sensitive and one matrix.
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant,
-                                                 device_map={"": "cpu"}).eval()
+                                                 device_map={"": "cpu"})
     model.save_pretrained(out)
-    return Built(variant, TorchRunner(model), weight_files_bytes(out), weight_bytes(model), out,
-                 notes=["embedding stays fp32"])
+    return wrap(variant, model, out)
 
 
 @runtimes.quiet()
@@ -299,10 +418,9 @@ def build_nf4(model_dir: Path, out: Path, options: Options) -> Built:
 def build_pruned(model_dir: Path, out: Path, options: Options) -> Built:
     """Magnitude pruning to ``options.sparsity``, saved as a dense fp32 model."""
     model = _load_fp32(model_dir)
-    stats = prune_magnitude(model, options.sparsity)
+    prune_magnitude(model, options.sparsity)
     model.save_pretrained(out)
-    return Built("pruned", TorchRunner(model), weight_files_bytes(out), weight_bytes(model), out,
-                 notes=[f"{stats['measured']:.0%} of decoder weights zero, stored densely"], extra=stats)
+    return wrap("pruned", model, out)
 
 
 @runtimes.quiet()
@@ -311,30 +429,13 @@ def build_onnx(model_dir: Path, out: Path, options: Options) -> Built:
     model = _load_fp32(model_dir)
     path = export_onnx(model, out / "model.onnx")
     _free(model)
-    size = weight_files_bytes(out)
-    return Built("onnx", OnnxRunner(path) if options.runnable else None, size, size, out,
-                 notes=["tied embedding stored twice"])
+    return wrap("onnx", path, runnable=options.runnable)
 
 
 def build_gguf(model_dir: Path, out: Path, options: Options) -> Built:
-    """A GGUF file of type ``options.gguf_type`` from llama.cpp's converter, run by llama.cpp if installed.
-
-    llama.cpp runs in a child process: if it crashes while loading the file (a build for the wrong
-    CPU), the variant is written, not run, and its notes say why and how to fix it.
-    """
+    """A GGUF file of type ``options.gguf_type`` from llama.cpp's converter, run by llama.cpp if installed."""
     path = convert_gguf(model_dir, out / f"model-{options.gguf_type}.gguf", options.gguf_type)
-    missing = llama_cpp_available()
-    notes = [f"{options.gguf_type}; +{gguf_contents(path)['metadata_mb']:.1f} MB tokenizer and template"]
-    runner, extra = None, {}
-    if options.runnable and missing:
-        notes.append("not run: llama-cpp-python is not installed")
-    elif options.runnable:
-        try:
-            runner = LlamaCppRunner(path)
-        except NativeCrash as crash:
-            notes.append(f"not run: {crash}")
-            extra["error"] = str(crash)
-    return Built("gguf", runner, path.stat().st_size, path.stat().st_size, out, notes=notes, extra=extra)
+    return wrap("gguf", path, runnable=options.runnable)
 
 
 # The registry: variant name -> its builder, in the order the table lists them.
@@ -355,10 +456,8 @@ def build(variant: str, model_dir, work_dir, sparsity: float = 0.2, gguf_type: s
     builder = BUILDERS.get(variant)
     if builder is None:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
-    model_dir, out = Path(model_dir), Path(work_dir) / variant
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return builder(model_dir, out, Options(sparsity, gguf_type, double_quant, int8_skip, runnable))
+    out = fresh_folder(work_dir, variant)
+    return builder(Path(model_dir), out, Options(sparsity, gguf_type, double_quant, int8_skip, runnable))
 
 
 def measure_size(variant: str, model_dir, work_dir, **options) -> float:

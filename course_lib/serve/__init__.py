@@ -1,10 +1,11 @@
 """The serve stage (notebook 05): put a model of the course behind HTTP, safely, for many clients.
 
 - ``engine.py``: load any artifact of the course and answer batches of requests (one worker thread);
-- ``app.py``: the FastAPI app (OpenAI-compatible), its request bodies and limits, the background
-  ``Server`` notebook 05 starts, and the ``python -m course_lib.serve`` command line;
+- ``app.py``: the FastAPI app (OpenAI-compatible), its request bodies and limits, and the background
+  ``Server`` notebook 05 starts; ``__main__.py``: the ``python -m course_lib.serve`` command line;
 - ``safety.py``: the rule-based input/output filter every request goes through (red-teamed in A5);
-- ``loadtest.py``: many clients at once against a running server.
+- ``loadtest.py``: the client side: one streamed answer (and notebook 05's prompt box), many clients at
+  once, malformed requests.
 """
 
 from course_lib.serve import engine, loadtest, safety

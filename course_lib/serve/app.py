@@ -2,7 +2,7 @@
 
     python -m course_lib.serve --model runs                 # the persona adapter notebook 02 trained
     python -m course_lib.serve --model runs/quantize/gguf   # notebook 04's GGUF file, run by llama.cpp
-    python -m course_lib.serve --model smollm2-135m --port 8001
+    python -m course_lib.serve --model smollm2-135m --port 8001     # (command line: __main__.py)
 
 Endpoints: ``POST /generate`` (prompt or chat messages), ``POST /generate/stream`` (server-sent
 events), ``GET /health``, ``GET /model``, and ``POST /v1/chat/completions`` + ``GET /v1/models``
@@ -14,8 +14,8 @@ gets a 404, and a body with unknown fields (a path, say) gets a 422.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import atexit
 import json
 import os
 import queue
@@ -29,9 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from course_lib import paths
 from course_lib.native import NativeCrash
-from course_lib.report import quiet_libraries
-from course_lib.serve.engine import Batcher, GenRequest, GenResult, cut_at_stop, load_engine
-from course_lib.serve.safety import SafetyFilter
+from course_lib.serve.engine import Batcher, GenRequest, GenResult, cut_at_stop
+from course_lib.serve.safety import SafetyFilter, client_verdict
 
 
 @dataclass
@@ -197,7 +196,8 @@ def _add_generate_routes(app, engine, batcher: Batcher, safety, config: ServeCon
         request, refusal = _admit(engine, safety, config, body.chat(), _wanted(body, config), body)
         result = refusal or _checked(safety, await _answer(batcher, request, config.timeout_s))
         return {"text": result.text, "finish_reason": result.finish_reason, "model": name,
-                "prompt_tokens": len(request.prompt_ids) if request else 0, "completion_tokens": result.completion_tokens}
+                "prompt_tokens": len(request.prompt_ids) if request else 0, "completion_tokens": result.completion_tokens,
+                "safety": client_verdict(safety, result.blocked_by)}
 
     @app.post("/generate/stream")
     async def generate_stream(body: GenerateBody):
@@ -261,8 +261,8 @@ def _admit(engine, safety, config: ServeConfig, chat: list[dict], max_new_tokens
                                 f"{config.max_new_tokens} (--max-new-tokens).")
     if safety is not None:
         for message in chat:
-            if message["role"] != "assistant" and not safety.check_input(message["content"]).allowed:
-                return None, GenResult(safety.refusal, 0, "content_filter")
+            if message["role"] != "assistant" and not (verdict := safety.check_input(message["content"])).allowed:
+                return None, GenResult(safety.refusal, 0, "content_filter", f"input:{verdict.rule}")
     ids = list(engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True)["input_ids"])
     if len(ids) > config.max_prompt_tokens:
@@ -280,18 +280,19 @@ async def _answer(batcher: Batcher, request: GenRequest, timeout: float) -> GenR
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except asyncio.TimeoutError:
         future.cancel()  # still queued: the batcher skips it
-        raise RequestError(504, f"no answer within {timeout:.0f} s (--timeout).", "timeout") from None
+        raise RequestError(504, f"no answer within {timeout:.0f} s (--timeout-s).", "timeout") from None
 
 
 def _checked(safety, result: GenResult) -> GenResult:
     """The output filter: an answer that fails it is replaced by the refusal."""
-    if safety is not None and not safety.check_output(result.text).allowed:
-        return GenResult(safety.refusal, result.completion_tokens, "content_filter")
+    if safety is not None and not (verdict := safety.check_output(result.text)).allowed:
+        return GenResult(safety.refusal, result.completion_tokens, "content_filter", f"output:{verdict.rule}")
     return result
 
 
 async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeConfig):
-    """Stream REQUEST's answer as (text piece, finish_reason or None); the output filter sees every prefix.
+    """Stream REQUEST's answer as (text piece, finish_reason or None); the output filter sees every prefix
+    (when it fires, the last pair is ("output:<rule>", "content_filter")).
 
     Generation runs in a thread (it holds the model's lock, so batches wait); pieces cross to the
     event loop through an asyncio queue. A stop string or a filter hit ends generation early.
@@ -320,8 +321,8 @@ async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeCo
                 return
             text += piece
             visible, stopped = cut_at_stop(text, request.stop)
-            if safety is not None and not safety.check_output(visible).allowed:
-                yield "", "content_filter"
+            if safety is not None and not (verdict := safety.check_output(visible)).allowed:
+                yield f"output:{verdict.rule}", "content_filter"
                 return
             if visible[sent:]:
                 yield visible[sent:], None
@@ -335,7 +336,8 @@ async def _pieces(batcher: Batcher, safety, request: GenRequest, config: ServeCo
 
 async def _plain_events(batcher, safety, request, refusal, config):
     if refusal:
-        yield {"event": "done", "data": json.dumps({"text": refusal.text, "finish_reason": refusal.finish_reason})}
+        yield {"event": "done", "data": json.dumps({"text": refusal.text, "finish_reason": refusal.finish_reason,
+                                                    "safety": client_verdict(safety, refusal.blocked_by)})}
         return
     async for piece, reason in _pieces(batcher, safety, request, config):
         if reason is None:
@@ -343,8 +345,9 @@ async def _plain_events(batcher, safety, request, refusal, config):
         elif reason == "error":
             yield {"event": "error", "data": json.dumps({"error": {"message": piece, "type": "server_error", "code": 500}})}
         else:
-            payload = {"finish_reason": reason} | ({"text": safety.refusal} if reason == "content_filter" else {})
-            yield {"event": "done", "data": json.dumps(payload)}
+            blocked = piece if reason == "content_filter" else ""  # the done event carries the filter's verdict
+            payload = {"finish_reason": reason} | ({"text": safety.refusal} if blocked else {})
+            yield {"event": "done", "data": json.dumps(payload | {"safety": client_verdict(safety, blocked)})}
 
 
 async def _openai_events(batcher, safety, request, refusal, config, ident, created, name):
@@ -391,6 +394,8 @@ class Server:
     A separate process, not a thread of the notebook's kernel: the model, its threads and its
     memory stay out of the kernel, and ``stop()`` ends them all (uvicorn shuts down gracefully on
     SIGTERM; a process that ignores it for 15 s is killed). Use as a context manager, or call stop().
+    A forgotten server still ends with the process that started it: at that process's exit (``atexit``),
+    or, if it is killed, when the server sees its parent gone (``--parent-pid``).
     """
 
     def __init__(self, model: str = "runs", port: int | None = None, log_file=None, wait_s: float = 300, **options):
@@ -401,11 +406,17 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = Path(log_file or paths.run_dir() / "serve" / f"server-{port}.log")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "course_lib.serve", "--model", str(model), "--port", str(port)]
+        argv = [sys.executable, "-m", "course_lib.serve", "--model", str(model), "--port", str(port),
+                "--parent-pid", str(os.getpid())]
         argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
         with open(self.log_file, "w") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_until_healthy(wait_s)
+        atexit.register(self.stop)
+        try:
+            self._wait_until_healthy(wait_s)
+        except BaseException:  # it did not start, or the wait was interrupted: no half-started server left
+            self.stop()
+            raise
 
     def _wait_until_healthy(self, wait_s: float):
         import httpx
@@ -422,7 +433,6 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        self.stop()
         raise TimeoutError(f"the server did not answer /health within {wait_s:.0f} s (log: {self.log_file})")
 
     def stop(self, grace_s: float = 15) -> int:
@@ -444,38 +454,3 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="runs", help="a run directory, adapter, merged/quantized folder, "
-                                                        ".onnx/.gguf file, preset or hub id (default: runs)")
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only) unless you mean it")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model")
-    for key, value in asdict(ServeConfig()).items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    import torch
-    import uvicorn
-
-    quiet_libraries()
-    args = vars(_parser().parse_args(argv))
-    host, port, model, threads = args.pop("host"), args.pop("port"), args.pop("model"), args.pop("threads")
-    if threads:
-        torch.set_num_threads(threads)
-    engine = load_engine(model, threads)
-    app = create_app(engine, ServeConfig(**args))
-    print(f"Serving {model} ({engine.runtime}) on http://{host}:{port}  (Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("COURSE_SERVE_LOG", "warning"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

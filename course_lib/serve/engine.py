@@ -43,6 +43,7 @@ class GenResult:
     text: str
     completion_tokens: int
     finish_reason: str  # "stop" (end of answer or a stop string) or "length" (max_new_tokens reached)
+    blocked_by: str = ""  # set by the app when the safety filter replaced the text: "input:<rule>" or "output:<rule>"
 
 
 def cut_at_stop(text: str, stop) -> tuple[str, bool]:

@@ -1,6 +1,12 @@
-"""Many clients at once against a running server: who got an answer, how long it took, how fast.
+"""The client side of a running server: one streamed answer, many clients at once, malformed requests.
 
-Plain threads with one ``httpx.Client`` each rather than asyncio: it works the same in a script and
+- ``stream_events`` / ``stream`` / ``ask_streaming``: read ``POST /generate/stream``'s server-sent
+  events; ``ask_streaming`` prints the answer as it arrives and the safety filter's verdict (the
+  prompt box of notebook 05 calls it);
+- ``run``: many clients at once, who got an answer, how long it took, how fast (``summary``);
+- ``bad_requests``: bodies the server must refuse with a 422.
+
+For many clients: plain threads with one ``httpx.Client`` each rather than asyncio: it works the same in a script and
 inside Jupyter (whose own event loop forbids ``asyncio.run``), and 32 threads that mostly wait on
 sockets cost nothing next to the model.
 """
@@ -121,22 +127,64 @@ def bad_requests(url: str) -> list[dict]:
     return rows
 
 
-def stream(url: str, prompt: str, max_new_tokens: int = 48):
-    """Yield the pieces of a streamed answer as the server sends them (server-sent events)."""
+def stream_events(url: str, prompt: str, max_new_tokens: int = 48, timeout_s: float = 300):
+    """Yield (event, payload) as the server sends them: ("message", {"text": piece}) per piece, then
+    ("done", {"finish_reason", "safety", ...}), or one ("error", {"message", ...}) if it refused the request.
+
+    Server-sent events (SSE) are lines of text: ``event: NAME`` (absent means "message"), ``data: JSON``,
+    and a blank line that ends the event.
+    """
     import json
 
     import httpx
 
     body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
-    with httpx.stream("POST", f"{url}/generate/stream", json=body, timeout=300) as response:
+    with httpx.stream("POST", f"{url}/generate/stream", json=body, timeout=timeout_s) as response:
+        if response.status_code != 200:  # refused before streaming began (a 422, say): one error event
+            response.read()
+            yield "error", response.json().get("error", {"message": response.text[:200]})
+            return
         event = "message"
         for line in response.iter_lines():
             if line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:"):
-                payload = json.loads(line[5:])
-                if event == "done":
-                    if payload.get("text"):  # the filter replaced the answer
-                        yield payload["text"]
-                    return
-                yield payload["text"]
+                yield event, json.loads(line[5:])
+            elif not line.strip():
+                event = "message"
+
+
+def stream(url: str, prompt: str, max_new_tokens: int = 48):
+    """Yield the pieces of a streamed answer as the server sends them (the refusal, if the filter fired)."""
+    for event, payload in stream_events(url, prompt, max_new_tokens):
+        if event == "message":
+            yield payload["text"]
+        elif event == "done" and payload.get("text"):  # the filter replaced the answer
+            yield payload["text"]
+
+
+def ask_streaming(url: str, prompt: str, max_new_tokens: int = 48) -> dict:
+    """Send PROMPT, print the answer as it arrives, then the safety filter's verdict; returns all three."""
+    import httpx
+
+    text, done = "", {}
+    try:
+        for event, payload in stream_events(url, prompt, max_new_tokens):
+            if event == "message":
+                print(payload["text"], end="", flush=True)
+                text += payload["text"]
+            elif event == "done":
+                done = payload
+            else:
+                print(f"the server refused the request: {payload.get('message')}")
+                return {"text": "", "finish_reason": "error", "safety": {}}
+    except httpx.TransportError as error:  # stopped, crashed or never started: one sentence, not a traceback
+        print(f"no server answers at {url} ({type(error).__name__}): start it again (serve.Server) and resend.")
+        return {"text": text, "finish_reason": "error", "safety": {}}
+    if done.get("finish_reason") == "content_filter":  # a streamed start the filter stopped is replaced too
+        print(f"{' [stopped by the filter]' if text else ''}\n{done['text']}", end="")
+        text = done["text"]
+    safety = done.get("safety", {})
+    where = f"at the {safety.get('where')} check, rule {safety.get('rule')}" if safety.get("verdict") == "blocked" else ""
+    print(f"\n\n[finish: {done.get('finish_reason')}] safety filter: {safety.get('verdict', 'unknown')} {where}".rstrip())
+    return {"text": text, "finish_reason": done.get("finish_reason"), "safety": safety}

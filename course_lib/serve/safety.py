@@ -224,6 +224,20 @@ class SafetyFilter:
         return Verdict(True)
 
 
+def client_verdict(safety, blocked_by: str = "") -> dict:
+    """What the filter decided about one request, as the server tells its client (notebook 05's panel).
+
+    ``{"verdict": "off"}`` when no filter runs, ``{"verdict": "allowed"}``, or ``{"verdict": "blocked",
+    "where": "input" or "output", "rule": the rule that fired}``; BLOCKED_BY is "input:<rule>" or "output:<rule>".
+    """
+    if safety is None or not getattr(safety, "enabled", True):
+        return {"verdict": "off"}
+    if not blocked_by:
+        return {"verdict": "allowed"}
+    where, _, rule = blocked_by.partition(":")
+    return {"verdict": "blocked", "where": where, "rule": rule}
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", normalise(text, ("nfkc",))[0])
 
