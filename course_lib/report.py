@@ -77,6 +77,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*kernels-community.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised via peft, harmless
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")  # CPU: nothing to pin
 
 
 def seed_everything(seed: int) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from course_lib import batches, data, evaluate, knobs, models, paths, procmem, runs, ui, versions
 from course_lib.report import quiet_libraries
@@ -290,6 +291,8 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     progress = [StepProgress(f"{cfg.method}, lr {cfg.learning_rate:g}")] if cfg.quiet else []
     trainer = _trainer(model, tokenizer, args, train_tok, eval_dataset=val_tok, callbacks=[*callbacks, *progress],
                        trained_logits_only=cfg.method != "prompt_tuning")
+    if cfg.quiet:
+        trainer.remove_callback(PrinterCallback)  # without a bar, Trainer prints every log as a dict
     checkpoint = last_checkpoint(out) if resume else None
     if resume:
         print(f"Resuming from {checkpoint}." if checkpoint else f"No checkpoint in {out}: starting fresh.")
