@@ -52,7 +52,7 @@ def test_malformed_json_names_file_and_line_and_the_rest_still_loads(tmp_path):
     ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]},
      "field 'messages[0].content': missing"),
     ({"messages": "hello"}, "field 'messages': expected a list"),
-    ({"text": "free text"}, "neither 'messages' nor 'instruction'/'output' (fields found: text)"),
+    ({"text": "free text"}, "neither 'messages', 'conversations' nor 'instruction'/'output' (fields found: text)"),
     (["a", "list"], "expected a JSON object"),
 ])
 def test_schema_errors_name_the_field(tmp_path, obj, where):

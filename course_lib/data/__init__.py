@@ -15,7 +15,9 @@ traced back to its file and line. Nothing here writes to an input file; bad reco
 and set aside, never silently dropped.
 
 Where things are:
-    load.py     reading JSONL/JSON/CSV/text files, record validation (BadRecord, LoadResult)
+    load.py     reading JSONL/JSON/CSV/text files and datasets rows (``from_datasets``), record validation
+                (instruction, OpenAI messages, ShareGPT conversations; BadRecord, LoadResult)
+    encodings.py  what a file's bytes are (BOMs, guesses) and the error that says how to read them
     clean.py    text steps (unicode, html, control chars, whitespace, PII), record steps, ``clean``
     dedup.py    exact and near duplicates (fingerprint, shingles, Jaccard, MinHash/LSH)
     augment.py  synonym/noise copies and template-filled examples
@@ -60,6 +62,7 @@ from course_lib.data.clean import (
     visible,
 )
 from course_lib.data.dedup import fingerprint, jaccard, minhash_candidates, near_duplicates, shingles, text_of
+from course_lib.data.encodings import GUESSES, guess_encoding
 from course_lib.data.inspect import (
     CATCHERS,
     bad_table,
@@ -79,8 +82,12 @@ from course_lib.data.load import (
     ALIASES,
     FORMATS,
     ROLES,
+    SHAREGPT_ROLES,
+    TOOL_ROLES,
     BadRecord,
     LoadResult,
+    NoRecordsError,
+    from_datasets,
     load_all,
     load_records,
     record_from_object,
@@ -102,8 +109,9 @@ from course_lib.data.store import (
 from course_lib.paths import data_samples
 
 __all__ = [
-    # load.py
-    "ALIASES", "FORMATS", "ROLES", "BadRecord", "LoadResult", "load_all", "load_records", "record_from_object",
+    # load.py, encodings.py
+    "ALIASES", "FORMATS", "ROLES", "SHAREGPT_ROLES", "TOOL_ROLES", "BadRecord", "LoadResult", "NoRecordsError",
+    "from_datasets", "load_all", "load_records", "record_from_object", "GUESSES", "guess_encoding",
     # clean.py
     "ANSI", "BLOCK_TAG", "CJK", "CJK_CHARS", "CURLY", "DEFAULT_FILTERS", "EMAIL", "FULL_PUNCT", "MD_EMPHASIS",
     "MD_FENCE", "MD_HEADING", "MD_LINK", "PHONE", "PII_PATTERNS", "SCRIPT", "TAG", "TEXT_STEPS", "TO_FULL_WIDTH",

@@ -1,7 +1,13 @@
-"""Reading: JSONL, JSON, CSV/TSV and Q&A text files into one chat shape, bad records set aside.
+"""Reading: JSONL, JSON, CSV/TSV, Q&A text files and ``datasets`` rows into one chat shape, bad records set aside.
 
 Every record becomes ``{"messages": [...], "source": "file:line"}``; a record that cannot be read
 becomes a ``BadRecord`` naming its file, line and field. Nothing here writes to an input file.
+Record shapes: instruction (``instruction``/``input``/``output``, Alpaca), chat (OpenAI ``messages``
+of {role, content}, any number of turns) and ShareGPT (``conversations`` of {from, value}: LLaMA-Factory,
+Axolotl and most shared chat datasets). ``role`` keeps OpenAI's three names (a "bot" there is an
+exporter's bug, reported); ``from`` takes each tool's names (SHAREGPT_ROLES). A conversation with tool
+turns is set aside whole, kind "tools": the course trains chat without tools, and dropping only those
+turns would leave answers built on results the model never saw.
 """
 
 from __future__ import annotations
@@ -15,19 +21,29 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from course_lib import versions
+from course_lib import ui, versions
+from course_lib.data.encodings import BOMS, decode, decode_lines, encoding_of
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT's "from" names as LLaMA-Factory, Axolotl, FastChat and shared datasets write them, lowercased.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "bot": "assistant", "model": "assistant", "chatgpt": "assistant", "ai": "assistant"}
+TOOL_ROLES = ("observation", "function_call", "function", "tool", "tool_call", "ipython")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
            ".txt": "qa", ".md": "qa"}
 # Column names other exports use for the same thing, mapped to ours.
 ALIASES = {"prompt": "instruction", "question": "instruction", "query": "instruction",
-           "context": "input", "response": "output", "answer": "output", "completion": "output"}
+           "context": "input", "response": "output", "answer": "output", "completion": "output",
+           "conversation": "conversations"}
 
 
 # =========================================================================== loading
+
+
+def _where(file: str, line: int, unit: str = "line") -> str:
+    return f"{file}:{line}" if unit == "line" else f"{file}:{unit} {line}"
 
 
 @dataclass
@@ -39,15 +55,27 @@ class BadRecord:
     field: str | None
     problem: str
     raw: str = ""
-    kind: str = "schema"  # "malformed_json", "schema", "encoding", "csv", "text"
+    kind: str = "schema"  # "malformed_json", "schema", "encoding", "csv", "text", "tools"
+    unit: str = "line"  # "row" for datasets rows (a Parquet file has no lines)
 
     @property
     def where(self) -> str:
-        return f"{self.file}:{self.line}"
+        return _where(self.file, self.line, self.unit)
 
     def __str__(self) -> str:
         what = f"field '{self.field}': " if self.field else ""
         return f"{self.where}: {what}{self.problem}"
+
+
+class NoRecordsError(ValueError):
+    """A file (or dataset) that gives no usable record: an error, not an empty dataset to train on.
+
+    ``.result`` still holds what was read, so the bad records can be looked at (``data.bad_table``).
+    """
+
+    def __init__(self, message: str, result: LoadResult):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -58,7 +86,7 @@ class LoadResult:
     records: list[dict] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
     blank_lines: int = 0
-    formats: Counter = field(default_factory=Counter)  # "instruction" / "chat" / "qa" records
+    formats: Counter = field(default_factory=Counter)  # "instruction" / "chat" / "sharegpt" / "qa" records
     extra_fields: Counter = field(default_factory=Counter)  # fields we did not keep (id, timestamp...)
     extra_field_sources: list[str] = field(default_factory=list)
 
@@ -77,6 +105,8 @@ class LoadResult:
         formats = ", ".join(f"{n} {kind}" for kind, n in sorted(self.formats.items()))
         text = (f"{', '.join(self.files)}: {self.raw_records} records read, {len(self.records)} loaded "
                 f"({formats or 'none'}), {len(self.bad)} bad records set aside")
+        if tools := sum(b.kind == "tools" for b in self.bad):
+            text += f" ({tools} of them conversations with tool turns)"
         if self.extra_fields:
             text += "; fields not kept: " + ", ".join(f"{k} ({n}x)" for k, n in self.extra_fields.most_common())
         return text
@@ -97,75 +127,105 @@ def _short(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def record_from_object(obj, file: str, line: int, result: LoadResult) -> dict | BadRecord:
-    """Validate one parsed object and turn it into our chat shape, or say exactly what is wrong."""
+def _role(value, sharegpt: bool) -> str | tuple[str, str]:
+    """Our role name for VALUE (a ``role`` or, if SHAREGPT, a ``from``), or (problem, kind) when there is none."""
+    if value is None:
+        return "missing", "schema"
+    if not isinstance(value, str):
+        return f"expected text, got {_kind_of(value)}", "schema"
+    name = value.strip().lower() if sharegpt else value
+    if name in TOOL_ROLES:
+        return (f"{value!r} is a tool turn: this course trains chats without tools, so the conversation is set "
+                "aside (without that turn, the answers after it would rest on a result the model never saw)", "tools")
+    if sharegpt:
+        return SHAREGPT_ROLES.get(name) or (f"{value!r} is not a ShareGPT role ({', '.join(SHAREGPT_ROLES)})", "schema")
+    if name in ROLES:
+        return name
+    meant = SHAREGPT_ROLES.get(name.strip().lower())  # "bot" -> 'assistant', "human" -> 'user'
+    return f"{value!r} is not one of {', '.join(ROLES)}" + (f" (did you mean {meant!r}?)" if meant else ""), "schema"
 
-    def bad(field_name, problem):
-        return BadRecord(file, line, field_name, problem, kind="schema")
+
+def _chat(obj: dict, key: str, bad) -> tuple[list[dict], str] | BadRecord:
+    """OBJ[KEY], a list of turns, as our messages: OpenAI's {role, content} or ShareGPT's {from, value}.
+
+    Which vocabulary a turn speaks is read from the turn itself (``from`` present, or no ``role``
+    in a ``conversations`` list), so a dataset mixing both still loads turn by turn.
+    """
+    turns = obj[key]
+    if not isinstance(turns, list):
+        return bad(key, f"expected a list of {{role, content}} or {{from, value}}, got {_kind_of(turns)}")
+    messages, sharegpt = [], False
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return bad(f"{key}[{i}]", f"expected an object with role and content, got {_kind_of(turn)}")
+        speaks_sharegpt = turn.get("from") is not None or (turn.get("role") is None and key == "conversations")
+        role_key, text_key = ("from", "value") if speaks_sharegpt else ("role", "content")
+        role = _role(turn.get(role_key), speaks_sharegpt)
+        if isinstance(role, tuple):
+            return bad(f"{key}[{i}].{role_key}", *role)
+        content = turn.get(text_key)
+        if not isinstance(content, str):
+            return bad(f"{key}[{i}].{text_key}", "missing" if content is None else f"expected text, got {_kind_of(content)}")
+        messages.append({"role": role, "content": content})
+        sharegpt |= speaks_sharegpt
+    if not any(m["role"] == "assistant" for m in messages):
+        return bad(key, "no assistant message: nothing for the model to learn")
+    if not any(m["role"] == "user" for m in messages):
+        return bad(key, "no user message: an answer to nothing")
+    if messages[-1]["role"] != "assistant":
+        return bad(f"{key}[{len(turns) - 1}]", f"the conversation ends with a {messages[-1]['role']} message "
+                   "that nothing answers")
+    return messages, "sharegpt" if sharegpt else "chat"
+
+
+def _instruction(obj: dict, bad) -> tuple[list[dict], str] | BadRecord:
+    """An instruction/input/output record as a user message and an assistant message."""
+    if "instruction" not in obj and "output" not in obj:
+        keys = ", ".join(map(str, obj)) or "none"
+        return bad(None, f"neither 'messages', 'conversations' nor 'instruction'/'output' (fields found: {keys})")
+    for name in ("instruction", "output"):
+        if obj.get(name) is None:
+            return bad(name, "missing")
+        if not isinstance(obj[name], str):
+            return bad(name, f"expected text, got {_kind_of(obj[name])} ({_short(json.dumps(obj[name]), 40)})")
+    extra_input = obj.get("input")
+    if extra_input is not None and not isinstance(extra_input, str):
+        return bad("input", f"expected text, got {_kind_of(extra_input)}")
+    user = obj["instruction"] + (f"\n\n{extra_input}" if extra_input and extra_input.strip() else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}], "instruction"
+
+
+def record_from_object(obj, file: str, line: int, result: LoadResult, unit: str = "line") -> dict | BadRecord:
+    """Validate one parsed object and turn it into our chat shape, or say exactly what is wrong.
+
+    A top-level ``system`` text (LLaMA-Factory's column for the system prompt) becomes the first
+    message when the turns carry none.
+    """
+
+    def bad(field_name, problem, kind="schema"):
+        return BadRecord(file, line, field_name, problem, kind=kind, unit=unit)
 
     if not isinstance(obj, dict):
-        return bad(None, f"expected a JSON object with instruction/output or messages, got {_kind_of(obj)}")
+        return bad(None, f"expected a JSON object with instruction/output, messages or conversations, "
+                         f"got {_kind_of(obj)}")
     obj = {ALIASES.get(k, k): v for k, v in obj.items()}
-    source = f"{file}:{line}"
-    if "messages" in obj:
-        messages = obj["messages"]
-        if not isinstance(messages, list):
-            return bad("messages", f"expected a list of {{role, content}}, got {_kind_of(messages)}")
-        clean = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                return bad(f"messages[{i}]", f"expected an object with role and content, got {_kind_of(message)}")
-            role, content = message.get("role"), message.get("content")
-            if role not in ROLES:
-                hint = " (did you mean 'assistant'?)" if role in ("bot", "model", "gpt", "ai") else ""
-                if role in ("human",):
-                    hint = " (did you mean 'user'?)"
-                return bad(f"messages[{i}].role", f"{role!r} is not one of {', '.join(ROLES)}{hint}")
-            if not isinstance(content, str):
-                return bad(f"messages[{i}].content", "missing" if content is None
-                           else f"expected text, got {_kind_of(content)}")
-            clean.append({"role": role, "content": content})
-        if not any(m["role"] == "assistant" for m in clean):
-            return bad("messages", "no assistant message: nothing for the model to learn")
-        if not any(m["role"] == "user" for m in clean):
-            return bad("messages", "no user message: an answer to nothing")
-        if clean[-1]["role"] != "assistant":
-            return bad(f"messages[{len(clean) - 1}]", f"the conversation ends with a {clean[-1]['role']} message "
-                       "that nothing answers")
-        extra = [k for k in obj if k != "messages"]
-        kind = "chat"
-    else:
-        if "instruction" not in obj and "output" not in obj:
-            keys = ", ".join(map(str, obj)) or "none"
-            return bad(None, f"neither 'messages' nor 'instruction'/'output' (fields found: {keys})")
-        for name in ("instruction", "output"):
-            if obj.get(name) is None:
-                return bad(name, "missing")
-            if not isinstance(obj[name], str):
-                return bad(name, f"expected text, got {_kind_of(obj[name])} ({_short(json.dumps(obj[name]), 40)})")
-        extra_input = obj.get("input")
-        if extra_input is not None and not isinstance(extra_input, str):
-            return bad("input", f"expected text, got {_kind_of(extra_input)}")
-        user = obj["instruction"] + (f"\n\n{extra_input}" if extra_input and extra_input.strip() else "")
-        clean = [{"role": "user", "content": user}, {"role": "assistant", "content": obj["output"]}]
-        extra = [k for k in obj if k not in ("instruction", "input", "output")]
-        kind = "instruction"
+    key = next((k for k in ("messages", "conversations") if k in obj), None)
+    found = _chat(obj, key, bad) if key else _instruction(obj, bad)
+    if isinstance(found, BadRecord):
+        return found
+    messages, kind = found
+    system = obj.get("system")
+    if system is not None and not isinstance(system, str):
+        return bad("system", f"expected text, got {_kind_of(system)}")
+    if system and system.strip() and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
     result.formats[kind] += 1
+    extra = [k for k in obj if k not in ({key, "system"} if key else {"instruction", "input", "output", "system"})]
+    source = _where(file, line, unit)
     if extra:
         result.extra_fields.update(extra)
         result.extra_field_sources.append(source)
-    return {"messages": clean, "source": source}
-
-
-def _decode(data: bytes, path: Path, encoding: str) -> str:
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path.name}:{line}: not {encoding} text (byte 0x{data[error.start]:02x}). The file was probably "
-            f"saved in another encoding: try load_records(path, encoding='cp1252') or 'latin-1'."
-        ) from None
+    return {"messages": messages, "source": source}
 
 
 def _add(result: LoadResult, item):
@@ -173,19 +233,9 @@ def _add(result: LoadResult, item):
 
 
 def _load_jsonl(data: bytes, path: Path, encoding: str, result: LoadResult) -> None:
-    # Split on "\n" only: str.splitlines() would also split on \r, \x0b, \x1c, \u2028 ... that can
-    # hide inside a record, and every line number after it would be wrong.
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()  # the newline that ends the last line does not start another one
-    for number, raw_bytes in enumerate(lines, start=1):
-        if number == 1 and raw_bytes.startswith(b"\xef\xbb\xbf"):
-            raw_bytes = raw_bytes[3:]  # a byte-order mark some Windows tools write
-        try:
-            raw = raw_bytes.decode(encoding).rstrip("\r")
-        except UnicodeDecodeError as error:
-            _add(result, BadRecord(path.name, number, None, f"not {encoding} text (byte 0x{raw_bytes[error.start]:02x} "
-                                   f"at column {error.start + 1})", _short(repr(raw_bytes)), kind="encoding"))
+    for number, raw, problem in decode_lines(data, path.name, encoding):
+        if problem:
+            _add(result, BadRecord(path.name, number, None, problem, _short(raw), kind="encoding"))
             continue
         if not raw.strip():
             result.blank_lines += 1
@@ -202,8 +252,26 @@ def _load_jsonl(data: bytes, path: Path, encoding: str, result: LoadResult) -> N
         _add(result, item)
 
 
+def _is_record(obj) -> bool:
+    """A JSON object that is one record itself, not a wrapper holding a list of them."""
+    return isinstance(obj, dict) and bool({ALIASES.get(k, k) for k in obj} & {"messages", "conversations",
+                                                                              "instruction", "output"})
+
+
+def _list_start(text: str, start: int, decoder: json.JSONDecoder) -> int:
+    """Where the one list of the JSON object starting at START begins: its keys are walked in order,
+    since a "[" found by searching could sit in a string or a nested value before it."""
+    gap, i = re.compile(r"[\s,:]*"), start + 1
+    while True:
+        _, i = decoder.raw_decode(text, gap.match(text, i).end())  # a key
+        i = gap.match(text, i).end()
+        if text[i] == "[":
+            return i
+        _, i = decoder.raw_decode(text, i)  # a value that is not the list
+
+
 def _load_json(text: str, path: Path, result: LoadResult) -> None:
-    """A JSON array of records; each element's line number is kept by decoding them one by one."""
+    """A JSON array of records (or an object holding one); line numbers kept by decoding elements one by one."""
     decoder = json.JSONDecoder(strict=False)
     start = len(text) - len(text.lstrip())
     if not text[start:start + 1] == "[":
@@ -213,10 +281,10 @@ def _load_json(text: str, path: Path, result: LoadResult) -> None:
             raise ValueError(f"{path.name}:{error.lineno}: malformed JSON: {error.msg} (column {error.colno}). "
                              f"If it holds one record per line, name it .jsonl.") from None
         lists = [v for v in obj.values() if isinstance(v, list)] if isinstance(obj, dict) else []
-        if len(lists) != 1:
+        if len(lists) != 1 or _is_record(obj):
             _add(result, record_from_object(obj, path.name, 1 + text[:start].count("\n"), result))
             return
-        start = text.index("[", start)  # {"data": [...]}: read the one list it holds, with its line numbers
+        start = _list_start(text, start, decoder)  # {"data": [...]}: read the one list it holds, with its line numbers
     i = start + 1
     while True:
         while i < len(text) and text[i] in " \t\r\n,":
@@ -309,11 +377,30 @@ def _load_qa(text: str, path: Path, result: LoadResult) -> None:
                           "source": f"{path.name}:{first}"})
 
 
+def _usable(result: LoadResult, name: str) -> LoadResult:
+    """RESULT if it holds a record; a file that gives none is an error naming it, never an empty dataset."""
+    if result.records:
+        return result
+    if result.bad:
+        raise NoRecordsError(f"{name}: no usable record: all {len(result.bad)} records are bad, the first: "
+                             f"{result.bad[0]}. The whole list is in error.result.bad (data.bad_table(error.result)).",
+                             result)
+    raise NoRecordsError(f"{name}: no record in it: nothing to train on", result)
+
+
+def _refuse_empty(data: bytes, name: str) -> None:
+    """A file of nothing but blanks (or a lone byte-order mark) is an error naming it, not zero records."""
+    if not data.strip() or data in (mark for mark, _ in BOMS):
+        raise NoRecordsError(f"{name}: the file is empty ({len(data)} bytes): nothing to train on", LoadResult([name]))
+
+
 def load_records(path: str | os.PathLike, encoding: str = "utf-8") -> LoadResult:
     """Read a JSONL / JSON / CSV / Q&A-text file into chat records, setting bad records aside.
 
     Never raises for a bad record (each becomes a ``BadRecord`` naming file, line and field);
-    raises FileNotFoundError or ValueError, naming the file, when the file itself cannot be read.
+    raises FileNotFoundError or ValueError, naming the file, when the file itself cannot be read:
+    not ENCODING text (the error says which encoding it looks like), or empty, or without one usable
+    record (``NoRecordsError``). A byte-order mark (UTF-8 or UTF-16) is honoured whatever ENCODING says.
     Opens the file read-only: the input is never modified.
     """
     path = Path(path)
@@ -323,18 +410,82 @@ def load_records(path: str | os.PathLike, encoding: str = "utf-8") -> LoadResult
         raise ValueError(f"{path} is a folder: pass one of the files in it")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path.name}: unknown format '{path.suffix}': use .jsonl, .json, .csv, .tsv or .txt")
+        hint = " (a Parquet file: data.from_datasets(path) reads it)" if path.suffix.lower() == ".parquet" else ""
+        raise ValueError(f"{path.name}: unknown format '{path.suffix}': use .jsonl, .json, .csv, .tsv or .txt{hint}")
     data = path.read_bytes()
+    _refuse_empty(data, path.name)
     result = LoadResult([path.name])
     if kind == "jsonl":
         _load_jsonl(data, path, encoding, result)
-        return result
-    text = _decode(data, path, encoding).lstrip("\ufeff")
-    {"json": _load_json, "csv": _load_csv, "qa": _load_qa}[kind](text, path, result)
-    return result
+    else:
+        {"json": _load_json, "csv": _load_csv, "qa": _load_qa}[kind](decode(data, path.name, encoding), path, result)
+    return _usable(result, path.name)
 
 
 def load_all(*paths, encoding: str = "utf-8") -> LoadResult:
     """Load several files into one result (records keep their own file:line sources)."""
     results = [load_records(p, encoding=encoding) for p in paths]
     return sum(results[1:], results[0]) if results else LoadResult([])
+
+
+# =========================================================================== datasets
+
+
+BUILDERS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+
+def _dataset_from_file(path: Path, encoding: str):
+    """A file on disk read by ``datasets.load_dataset`` (offline: its json/csv/parquet builders are local)."""
+    from datasets import load_dataset
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file. from_datasets reads files on disk; for a dataset on the hub, "
+                                "load it yourself (datasets.load_dataset(name, split=\"train\")) and pass the Dataset.")
+    builder = BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"{path.name}: unknown format '{path.suffix}': use .jsonl, .json, .csv, .tsv or .parquet")
+    options = {}
+    if builder == "parquet" and path.stat().st_size == 0:
+        _refuse_empty(b"", path.name)
+    if builder != "parquet":
+        data = path.read_bytes()
+        _refuse_empty(data, path.name)
+        decode(data, path.name, encoding, call="from_datasets")  # not ENCODING text: the error says what it looks like
+        options["encoding"] = encoding_of(data, encoding)
+    if builder == "csv":  # every cell is text, as in load_records ("NA" and "" are answers, not missing values)
+        options.update(sep="\t" if path.suffix.lower() == ".tsv" else ",", keep_default_na=False)
+    try:
+        with ui.quiet_progress():
+            return load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as error:  # pyarrow, pandas and datasets each raise their own kind
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        hint = "" if builder == "parquet" else (" data.load_records(path) reads it record by record and names "
+                                                 "each bad line and field.")
+        raise ValueError(f"{path.name}: datasets could not read it as {builder} ({first}).{hint}") from error
+
+
+def from_datasets(source, split: str = "train", name: str | None = None, encoding: str = "utf-8") -> LoadResult:
+    """The rows of a ``datasets.Dataset`` (or of a JSON/JSONL/CSV/Parquet file, read by ``datasets``) as records.
+
+    Hub datasets and big Parquet files arrive as Dataset objects, not as lines to parse, so this is
+    the second door in, with the same checks: each row goes through ``record_from_object``, and a
+    bad row becomes a BadRecord named "NAME:row N: field ...". SOURCE may be a DatasetDict (SPLIT
+    is taken) or a path; NAME labels the rows' sources (default: the file name, else "dataset").
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = name or Path(source).name
+        source = _dataset_from_file(Path(source), encoding)
+    elif isinstance(source, dict):  # a DatasetDict
+        if split not in source:
+            raise ValueError(f"no split {split!r} in this DatasetDict; it has {', '.join(source)}")
+        source = source[split]
+    name = name or "dataset"
+    result = LoadResult([name])
+    for number, row in enumerate(source, start=1):
+        # Arrow gives every row every column: a column this row lacks comes as None, which means "absent".
+        row = {k: v for k, v in row.items() if v is not None} if isinstance(row, dict) else row
+        item = record_from_object(row, name, number, result, unit="row")
+        if isinstance(item, BadRecord):
+            item.raw = _short(json.dumps(row, ensure_ascii=False, default=str), 400)
+        _add(result, item)
+    return _usable(result, name)
