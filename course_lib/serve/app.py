@@ -6,10 +6,13 @@
 
 Endpoints: ``POST /generate`` (prompt or chat messages), ``POST /generate/stream`` (server-sent
 events), ``GET /health``, ``GET /model``, and ``POST /v1/chat/completions`` + ``GET /v1/models``
-so that the official ``openai`` client (and the tools built on it) talk to your model unchanged.
+so that the official ``openai`` client (and the tools built on it) talk to your model unchanged
+(``openai_chat.py`` says which of OpenAI's request fields are honoured, ignored or refused).
+``POST /feedback`` stores what users thought of an answer (a thumbs up/down, or the better of two
+answers) for notebook 06 to learn from; ``GET /feedback/summary`` counts it (``feedback.py``).
 
 The model is chosen when the server starts, never by a request: a request naming another model
-gets a 404, and a body with unknown fields (a path, say) gets a 422.
+gets a 404, and a ``/generate`` or ``/feedback`` body with unknown fields (a path, say) gets a 422.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from course_lib import paths
 from course_lib.native import NativeCrash
+from course_lib.serve import feedback
 from course_lib.serve.engine import Batcher, GenRequest, GenResult, cut_at_stop
+from course_lib.serve.openai_chat import ChatBody, Sampling, Unsupported
 from course_lib.serve.safety import SafetyFilter, client_verdict
 
 
@@ -45,6 +50,7 @@ class ServeConfig:
     max_queue: int = 256  # beyond this the server answers 503 instead of queueing forever
     safety: str = "default"  # "default" (the shipped filter), "off", or a JSON file of rules
     name: str = ""  # the model id clients see (default: derived from --model)
+    feedback_file: str = ""  # where POST /feedback appends (default: <run dir>/feedback/feedback.jsonl)
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -54,15 +60,6 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern="^(system|user|assistant)$")
     content: str
-
-
-class Sampling(BaseModel):
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: list[str] | str | None = None
-
-    def stops(self) -> tuple[str, ...]:
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
 
 class GenerateBody(Sampling):
@@ -81,22 +78,6 @@ class GenerateBody(Sampling):
 
     def chat(self) -> list[dict]:
         return [{"role": "user", "content": self.prompt}] if self.prompt else [m.model_dump() for m in self.messages]
-
-
-class ChatBody(Sampling):
-    """OpenAI's chat-completions body. Fields we don't use (user, seed...) are accepted and ignored,
-    as OpenAI-compatible servers do, so that existing clients work unchanged."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
-
-    def chat(self) -> list[dict]:
-        return [m.model_dump() for m in self.messages]
 
 
 # --------------------------------------------------------------------------- the app
@@ -121,6 +102,10 @@ def _readable(errors) -> str:
     """Pydantic's error list as one sentence: 'max_new_tokens: Input should be greater than or equal to 1'."""
     parts = []
     for e in errors:
+        if e.get("type") == "json_invalid":  # FastAPI's loc is then ("body", character index): say it in words
+            reason = e.get("ctx", {}).get("error", "JSON decode error")
+            parts.append(f"the body is not valid JSON ({reason} at character {e['loc'][-1]})")
+            continue
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{where or 'body'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts)
@@ -147,6 +132,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     _add_info_routes(app, engine, batcher, safety, config, name, started)
     _add_generate_routes(app, engine, batcher, safety, config, name)
     _add_chat_route(app, engine, batcher, safety, config, name)
+    _add_feedback_route(app, feedback.resolve(config.feedback_file), name)
     return app
 
 
@@ -162,6 +148,10 @@ def _add_error_handlers(app):
     @app.exception_handler(RequestError)
     async def refused(_request: Request, error: RequestError):
         return _error(error.status, error.message, error.kind)
+
+    @app.exception_handler(Unsupported)  # well-formed, but asks for what this server cannot do (tools, images)
+    async def unsupported(_request: Request, error: Unsupported):
+        return _error(400, str(error), "invalid_request_error")
 
     @app.exception_handler(NativeCrash)  # llama.cpp died in its child process: its sentence, the server lives on
     async def crashed(_request: Request, error: NativeCrash):
@@ -217,11 +207,13 @@ def _add_chat_route(app, engine, batcher: Batcher, safety, config: ServeConfig, 
         if body.model != name:
             raise RequestError(404, f"This server serves the model '{name}' only (it never loads a model on "
                                     f"request); you asked for '{body.model}'.", "model_not_found")
+        body.refuse_unsupported()
         wanted = body.max_completion_tokens or body.max_tokens or min(256, config.max_new_tokens)
         request, refusal = _admit(engine, safety, config, body.chat(), wanted, body)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
-            events = _openai_events(batcher, safety, request, refusal, config, ident, created, name)
+            events = _openai_events(batcher, safety, request, refusal, config, ident, created, name,
+                                    body.usage_in_stream())
             return EventSourceResponse(events, ping=600)
         result = refusal or _checked(safety, await _answer(batcher, request, config.timeout_s))
         prompt_tokens = len(request.prompt_ids) if request else 0
@@ -230,6 +222,26 @@ def _add_chat_route(app, engine, batcher: Batcher, safety, config: ServeConfig, 
                              "finish_reason": result.finish_reason}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": result.completion_tokens,
                           "total_tokens": prompt_tokens + result.completion_tokens}}
+
+
+def _add_feedback_route(app, path: Path, name: str):
+    """``POST /feedback`` (one record appended to PATH, answered 201) and ``GET /feedback/summary``.
+
+    Plain ``def`` routes: FastAPI runs them in its thread pool, so the fsync of a write never blocks
+    the event loop that streams other clients' answers.
+    """
+
+    @app.post("/feedback", status_code=201)
+    def give_feedback(body: feedback.Feedback):
+        record, stored = feedback.append(path, body, name)
+        return {"id": record["id"], "stored": stored}
+
+    @app.get("/feedback/summary")
+    def feedback_summary():
+        try:
+            return {"file": str(path), **feedback.summary(feedback.read(path))}
+        except ValueError as error:  # a hand-edited file: its sentence names the line
+            raise RequestError(500, str(error), "server_error") from None
 
 
 def _wanted(body: GenerateBody, config: ServeConfig) -> int:
@@ -350,22 +362,33 @@ async def _plain_events(batcher, safety, request, refusal, config):
             yield {"event": "done", "data": json.dumps(payload | {"safety": client_verdict(safety, blocked)})}
 
 
-async def _openai_events(batcher, safety, request, refusal, config, ident, created, name):
-    def chunk(delta: dict, reason=None) -> dict:
+async def _openai_events(batcher, safety, request, refusal, config, ident, created, name, usage=False):
+    """OpenAI's chunks; with USAGE (``stream_options.include_usage``) a last chunk with no choices and the counts."""
+
+    def chunk(delta: dict | None, reason=None, **extra) -> dict:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": reason}]
         return {"data": json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
-                                    "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})}
+                                    "choices": choices, **extra})}
 
     yield chunk({"role": "assistant", "content": ""})
+    generated = refusal.completion_tokens if refusal else 0
     if refusal:
         yield chunk({"content": refusal.text}, refusal.finish_reason)
     else:
+        text = ""
         async for piece, reason in _pieces(batcher, safety, request, config):
             if reason is None:
+                text += piece
                 yield chunk({"content": piece})
             elif reason == "error":  # OpenAI's in-stream error, which its client raises as an APIError
                 yield {"data": json.dumps({"error": {"message": piece, "type": "server_error", "code": 500}})}
             else:
                 yield chunk({"content": safety.refusal} if reason == "content_filter" else {}, reason)
+        generated = batcher.engine.count_tokens(text) if text else 0  # the streamed text, tokenized again
+    if usage:
+        prompt = len(request.prompt_ids) if request else 0
+        yield chunk(None, usage={"prompt_tokens": prompt, "completion_tokens": generated,
+                                 "total_tokens": prompt + generated})
     yield {"data": "[DONE]"}
 
 
