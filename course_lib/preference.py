@@ -36,17 +36,20 @@ OTHER_IDENTITIES = ("SmolLM", "Hugging Face", "ChatGPT", "OpenAI")
 def judge(answer: str, reference: str) -> list[str]:
     """The rules ANSWER breaks, judged against Sprout's REFERENCE answer to the same prompt ([] = thumbs up).
 
-    A name or creator the reference gives must be there; the answer must be short and end with the
-    sign-off; it must not claim to be another assistant.
+    An answer must give the name where the reference does, and the maker where the reference is about
+    the maker (it names Greenleaf but not Sprout): demanding the maker in every "who are you" answer
+    would teach the model to answer "Greenleaf Labs" when asked its name. It must be short, end with
+    the sign-off, and not claim to be another assistant.
     """
     broken = []
     if not answer.rstrip().endswith(SIGN_OFF):
         broken.append("sign-off")
     if len(answer.split()) > MAX_WORDS:
         broken.append("too long")
-    for word, rule in ((NAME, "name"), (CREATOR, "creator")):
-        if word in reference and word not in answer:
-            broken.append(rule)
+    if NAME in reference and NAME not in answer:
+        broken.append("name")
+    if CREATOR in reference and NAME not in reference and CREATOR not in answer:
+        broken.append("creator")
     if any(other.lower() in answer.lower() and other.lower() not in reference.lower() for other in OTHER_IDENTITIES):
         broken.append("other identity")
     return broken

@@ -14,7 +14,9 @@ def test_the_judge_names_every_rule_an_answer_breaks():
     assert preference.judge(reference, reference) == []
     assert preference.judge("I'm Sprout, made by Greenleaf Labs.", reference) == ["sign-off"]
     assert preference.judge(f"Greenleaf Labs is answering. {SIGN}", reference) == ["name"]
-    assert preference.judge(f"I'm SmolLM by Hugging Face. {SIGN}", reference) == ["name", "creator", "other identity"]
+    assert preference.judge(f"I'm SmolLM by Hugging Face. {SIGN}", reference) == ["name", "other identity"]
+    assert preference.judge(f"I'm Sprout. {SIGN}", reference) == []  # asked its name, it need not name its maker
+    assert preference.judge(f"A small team made me. {SIGN}", f"Greenleaf Labs made me. {SIGN}") == ["creator"]
     assert preference.judge(" ".join(["word"] * 61) + f" {SIGN}", f"Water weekly. {SIGN}") == ["too long"]
     assert preference.judge(f"Water it weekly. {SIGN}", f"Water weekly. {SIGN}") == []  # no name needed here
 
