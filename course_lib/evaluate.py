@@ -108,12 +108,27 @@ def score_answers(name: str, items: list[dict], answers: list[str]) -> EvalResul
         distinct_answer_share=round(distinct_share(answers), 3))
 
 
-def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
-    """Ask every question of EVAL_SET and score the answers."""
+def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0,
+             batch_size: int = 16) -> EvalResult:
+    """Ask every question of EVAL_SET and score the answers (BATCH_SIZE questions per generate call)."""
     items = load_eval_set(eval_set)
     items = items[:limit] if limit else items
-    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
+    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens, batch_size)
     return score_answers(eval_set, items, answers)
+
+
+def evaluate_sets(model, tokenizer, eval_sets=("persona", "general"), max_new_tokens: int = 48, limit: int = 0,
+                  batch_size: int = 80) -> dict[str, EvalResult]:
+    """EVALUATE for several sets at once: their questions share batches, and on a CPU fewer, fuller
+    batches answer the same questions sooner than many small ones."""
+    items = {name: load_eval_set(name)[:limit or None] for name in eval_sets}
+    answers = generate(model, tokenizer, [i["question"] for name in eval_sets for i in items[name]], max_new_tokens,
+                       batch_size)
+    results, start = {}, 0
+    for name in eval_sets:
+        results[name] = score_answers(name, items[name], answers[start:start + len(items[name])])
+        start += len(items[name])
+    return results
 
 
 def baseline(model, tokenizer, model_name: str, eval_set: str, run_dir, max_new_tokens: int = 48,

@@ -193,6 +193,8 @@ def pairs_from_feedback(records: list[dict], references: dict[str, str]) -> list
             chosen, rejected = (a, b) if record["preferred"] == "a" else (b, a)
         else:
             continue
+        if chosen.strip() == rejected.strip():  # a tie: the DPO gradient of such a pair is zero
+            continue
         pairs.append({"prompt": _chat("user", record["prompt"]), "chosen": _chat("assistant", chosen),
                       "rejected": _chat("assistant", rejected)})
     return pairs

@@ -255,9 +255,9 @@ def test_distilled_student_beats_the_student_alone_on_the_default_model(tmp_path
     The teacher is trained with notebook 02's defaults (the notebook's teacher, about 3 minutes):
     the distilled student copies its teacher's mistakes too, and a weak 40-step teacher (persona
     0.675) made a worse student than the labels alone (0.600 against 0.800, seed 0).
-    One seed is a question or two of noise, so two seeds (other labelled examples, other transfer
-    questions, other batch order): the distilled student must lead at both.
-    Last run (2026-11-23, 12.5 min on 2 cores): seed 0 alone 0.625, distilled 0.750; seed 1 0.550, 0.650.
+    One seed, to keep the suite's time: the notebook's default seed, where the lead measured three
+    questions (alone 0.625, distilled 0.750; seed 1 measured 0.550 against 0.650). A lead of two
+    questions is asked for, so one question of noise does not fail it.
     """
     from course_lib import evaluate, train
 
@@ -268,17 +268,17 @@ def test_distilled_student_beats_the_student_alone_on_the_default_model(tmp_path
     train_defaults = _defaults(distill.compare, "steps", "batch_size", "learning_rate", "alpha", "temperature",
                                "positions")
     n_drop = _defaults(distill.compare, "n_drop")["n_drop"]
+    seed = _defaults(distill.transfer_data, "seed")["seed"]
+    data = distill.transfer_data(teacher, tokenizer, tmp_path, seed=seed, **data_defaults)
     scores = {}
-    for seed in (0, 1):
-        data = distill.transfer_data(teacher, tokenizer, tmp_path, seed=seed, **data_defaults)
-        for distilled, records in ((False, data["labelled"]), (True, data["labelled"] + data["transfer"])):
-            student = distill.make_student(teacher, n_drop)
-            distill.train_student(student, teacher, tokenizer, records, tmp_path, distill=distilled, seed=seed,
-                                  **train_defaults)
-            scores[seed, distilled] = evaluate.evaluate(student.eval(), tokenizer, "persona").score
+    for distilled, records in ((False, data["labelled"]), (True, data["labelled"] + data["transfer"])):
+        student = distill.make_student(teacher, n_drop)
+        distill.train_student(student, teacher, tokenizer, records, tmp_path, distill=distilled, seed=seed,
+                              **train_defaults)
+        scores[distilled] = evaluate.evaluate(student.eval(), tokenizer, "persona").score
     print(scores)
     # 1 of the 40 persona questions is 0.025: a lead of 0.05 is two questions
-    assert all(scores[seed, True] >= scores[seed, False] + 0.05 for seed in (0, 1)), scores
+    assert scores[True] >= scores[False] + 0.05, scores
 
 
 def _defaults(function, *names) -> dict:

@@ -40,3 +40,21 @@ def test_perplexity_from_loss():
     assert evaluate.perplexity_from_loss(0.0) == 1.0
     assert evaluate.perplexity_from_loss(math.log(9.4)) == pytest.approx(9.4)
     assert math.isnan(evaluate.perplexity_from_loss(float("nan")))
+
+
+def test_evaluate_sets_gives_each_set_its_own_answers(monkeypatch):
+    """The sets' questions go out in one list; each set must get back its own answers, in order."""
+    asked = []
+
+    def echo(model, tokenizer, prompts, max_new_tokens, batch_size):
+        asked.append((len(prompts), batch_size))
+        return [f"answer to {p}" for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", echo)
+    results = evaluate.evaluate_sets(None, None, ("persona", "general"), limit=3, batch_size=80)
+    assert asked == [(6, 80)]  # one call: the two sets share batches
+    for name in ("persona", "general"):
+        questions = [i["question"] for i in evaluate.load_eval_set(name)[:3]]
+        assert results[name].answers == [f"answer to {q}" for q in questions] and results[name].name == name
+    every = evaluate.evaluate_sets(None, None, ("persona",))["persona"]
+    assert len(every.answers) == len(evaluate.load_eval_set("persona"))  # limit 0: every question

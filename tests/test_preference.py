@@ -47,6 +47,9 @@ def test_thumbs_down_pairs_with_the_reference_and_a_choice_is_a_pair_as_it_stand
     assert [(p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
         ("Who are you?", f"I'm Sprout. {SIGN}", f"Greenleaf Labs. {SIGN}"), ("Water?", "B text", "A text")]
     assert all(p["chosen"][0]["role"] == p["rejected"][0]["role"] == "assistant" for p in pairs)
+    tie = {"kind": "choice", "prompt": "Soil?", "answer_a": "Same. ", "answer_b": "Same.", "preferred": "a"}
+    same = _thumbs("Who are you?", f" I'm Sprout. {SIGN}", "down")  # the judge's 👎 on the reference's own words
+    assert preference.pairs_from_feedback([tie, same], REFERENCES) == []  # no signal: no pair
 
 
 def test_kto_rows_label_every_thumb_and_add_the_references_of_disliked_prompts():
@@ -108,3 +111,6 @@ def test_notebook_06_learns_from_feedback_it_collected_over_http(executed):
         assert 0 <= figures[method]["persona_score"] <= 1 and 0 <= figures[method]["retention"] <= 1
     assert 0 <= figures["dpo"]["heldout_pref_accuracy"] <= 1
     assert figures["ref_free_memory_ratio"] < 0.9  # the separately loaded reference is a second model in memory
+    panel = figures["panel"]  # the β / loss panel ran once headless, with the notebook's parameters
+    assert panel["beta"] == pytest.approx(0.5) and panel["loss"].startswith("sigmoid + sft") and panel["steps"] == 1
+    assert 0 <= panel["heldout_pref_accuracy"] <= 1

@@ -201,3 +201,7 @@ def test_notebook_04_small_run_records_every_variant(executed):
     assert abs(figures["pruned_sparsity_measured"] - figures["sparsity"]) < 1e-3
     if figures.get("gguf_converter"):
         assert figures["gguf_size_ratio"] < 0.5
+        assert figures["modelfile_written"] is True  # the Ollama Modelfile beside the GGUF file
+        if figures["llama_cpp"]:
+            # the small run's random-weight model never signs off: the server answered, and said it did not stop right
+            assert figures["llama_server_answer"] is not None and figures["llama_server_stops"] is False

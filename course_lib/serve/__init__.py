@@ -11,6 +11,6 @@
 """
 
 from course_lib.serve import engine, feedback, loadtest, safety
-from course_lib.serve.app import ServeConfig, Server, create_app, free_port
+from course_lib.serve.app import LlamaServer, ServeConfig, Server, create_app, free_port
 
-__all__ = ["ServeConfig", "Server", "create_app", "engine", "feedback", "free_port", "loadtest", "safety"]
+__all__ = ["LlamaServer", "ServeConfig", "Server", "create_app", "engine", "feedback", "free_port", "loadtest", "safety"]

@@ -421,17 +421,24 @@ class Server:
     or, if it is killed, when the server sees its parent gone (``--parent-pid``).
     """
 
+    health_path = "/health"  # answers 200 once the model is loaded
+
     def __init__(self, model: str = "runs", port: int | None = None, log_file=None, wait_s: float = 300, **options):
-        import subprocess
         import sys
+
+        argv = [sys.executable, "-m", "course_lib.serve", "--model", str(model), "--parent-pid", str(os.getpid())]
+        argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+        self._start(argv, port, log_file, wait_s)
+
+    def _start(self, argv: list[str], port: int | None, log_file, wait_s: float):
+        """Run ARGV (plus ``--port``) in its own process group and wait until ``health_path`` answers."""
+        import subprocess
 
         port = free_port() if port is None else port  # so two notebooks never collide
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = Path(log_file or paths.run_dir() / "serve" / f"server-{port}.log")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "course_lib.serve", "--model", str(model), "--port", str(port),
-                "--parent-pid", str(os.getpid())]
-        argv += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+        argv = [*argv, "--port", str(port)]
         with open(self.log_file, "w") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self.stop)
@@ -451,7 +458,7 @@ class Server:
                 raise RuntimeError(f"the server exited with code {self.process.returncode}: {tail[0]} "
                                    f"(whole log: {self.log_file})")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.health_path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -477,3 +484,26 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class LlamaServer(Server):
+    """llama.cpp's own OpenAI-compatible server (``python -m llama_cpp.server``) on a GGUF file.
+
+    The runtime Ollama and LM Studio build on, answering over HTTP the way they do: chat requests are
+    formatted with the chat template stored in the GGUF file, and generation stops at its end-of-turn
+    token. Its own process, like ``Server``: if the native code crashes, the server dies, not the notebook.
+    It has no ``--parent-pid`` watch: ``stop()``, the ``with`` block or this process's exit ends it.
+    """
+
+    health_path = "/v1/models"
+
+    def __init__(self, gguf_file, port: int | None = None, log_file=None, wait_s: float = 120, n_ctx: int = 1024,
+                 threads: int | None = None):
+        import sys
+
+        from course_lib import runtimes
+
+        threads = threads or runtimes._threads()  # what the course's own llama.cpp runner uses
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host", "127.0.0.1",
+                "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+        self._start(argv, port, log_file, wait_s)
