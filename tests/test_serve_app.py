@@ -217,14 +217,59 @@ def test_caps_are_enforced(server):
     assert too_long.status_code == 422 and "accepts at most 200" in too_long.json()["error"]["message"]
 
 
-def test_a_request_that_waits_too_long_gets_504(base_engine):
+def test_a_request_the_server_cannot_answer_in_time_gets_503_at_once_with_retry_after(base_engine):
     app = serve.create_app(base_engine, serve.ServeConfig(safety="off", timeout_s=0.001))
+    assert app.state.batcher.step_s > 0  # the warm-up batch measured the speed the estimate goes by
+    running = ThreadServer(app)
+    try:
+        started = time.perf_counter()
+        response = _post(running.url, "/generate", {"prompt": PARIS, "max_new_tokens": 32})
+        assert response.status_code == 503 and "too close to its" in response.json()["error"]["message"]
+        assert int(response.headers["Retry-After"]) >= 1 and time.perf_counter() - started < 5  # at once
+    finally:
+        running.close()
+
+
+def test_an_estimate_that_was_too_short_still_ends_in_504(base_engine):
+    app = serve.create_app(base_engine, serve.ServeConfig(safety="off", timeout_s=0.05))
+    app.state.batcher.step_s = 1e-9  # a machine that slowed down after the measurement
     running = ThreadServer(app)
     try:
         response = _post(running.url, "/generate", {"prompt": PARIS, "max_new_tokens": 32})
         assert response.status_code == 504 and "no answer within" in response.json()["error"]["message"]
     finally:
         running.close()
+
+
+def test_64_clients_each_get_an_answer_or_a_prompt_503_and_none_times_out(base_engine):
+    """More work than the time-out allows: the server answers what it can and refuses the rest at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = serve.ServeConfig(safety="off", max_batch=8, batch_wait_ms=50, name="m")
+    app = serve.create_app(base_engine, config)
+    # a time-out that fits about half of the 8 rounds of 8 answers, by the server's own measured speed
+    config.timeout_s = 4 * app.state.batcher.step_s * 24 + 1
+    running = ThreadServer(app)
+    body = {"model": "m", "max_tokens": 24, "messages": [{"role": "user", "content": PARIS}]}
+
+    def ask(_):
+        started = time.perf_counter()
+        reply = httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=config.timeout_s + 60)
+        return reply, time.perf_counter() - started
+
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            replies = list(pool.map(ask, range(64)))
+    finally:
+        running.close()
+    codes = [reply.status_code for reply, _ in replies]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 8 and codes.count(503) >= 8, codes
+    for reply, seconds in replies:
+        if reply.status_code == 503:
+            assert int(reply.headers["Retry-After"]) >= 1 and reply.json()["error"]["type"] == "server_busy"
+            assert seconds < 10, seconds  # refused at once, not after the time-out
+        else:
+            assert reply.json()["choices"][0]["message"]["content"]
 
 
 # --------------------------------------------------------------------------- safety filter

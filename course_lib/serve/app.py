@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import math
 import os
 import queue
 import time
@@ -84,18 +85,22 @@ class GenerateBody(Sampling):
 
 
 class RequestError(Exception):
-    """A request the server refuses, with the HTTP status and one readable sentence."""
+    """A request the server refuses, with the HTTP status, one readable sentence and, for a busy
+    server, how many seconds to wait before trying again (the ``Retry-After`` header)."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", retry_after: int | None = None):
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.retry_after = status, message, kind, retry_after
 
 
-def _error(status: int, message: str, kind: str):
+def _error(status: int, message: str, kind: str, retry_after: int | None = None):
     from fastapi.responses import JSONResponse
 
-    # OpenAI's error shape, which its client turns into a readable exception
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    # OpenAI's error shape, which its client turns into a readable exception; its client also reads
+    # Retry-After when it retries a 503 by itself.
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
 
 
 def _readable(errors) -> str:
@@ -111,6 +116,11 @@ def _readable(errors) -> str:
     return "; ".join(parts)
 
 
+def _chat_ids(engine, chat: list[dict]) -> list[int]:
+    return list(engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"])
+
+
 def create_app(engine, config: ServeConfig | None = None, safety=None):
     """The FastAPI app serving ENGINE. ``safety``: a ``course_lib.serve.safety.SafetyFilter`` (None: from config)."""
     from fastapi import FastAPI
@@ -118,6 +128,7 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     config = config or ServeConfig()
     safety = safety or load_safety(config.safety)
     batcher = Batcher(engine, config.max_batch, config.batch_wait_ms, config.max_queue)
+    batcher.warm_up(_chat_ids(engine, [{"role": "user", "content": "Tell me about tomatoes."}]))  # sizes the 503s
     name = config.name or default_name(engine.info)
     started = time.time()
 
@@ -147,7 +158,7 @@ def _add_error_handlers(app):
 
     @app.exception_handler(RequestError)
     async def refused(_request: Request, error: RequestError):
-        return _error(error.status, error.message, error.kind)
+        return _error(error.status, error.message, error.kind, error.retry_after)
 
     @app.exception_handler(Unsupported)  # well-formed, but asks for what this server cannot do (tools, images)
     async def unsupported(_request: Request, error: Unsupported):
@@ -170,6 +181,7 @@ def _add_info_routes(app, engine, batcher: Batcher, safety, config: ServeConfig,
         return {"id": name, "runtime": engine.runtime, **engine.info, "limits": asdict(config),
                 "sampling": "greedy only" if engine.runtime != "PyTorch" else "greedy or sampled",
                 "batches_served": len(batcher.batches), "mean_batch": _mean(batcher.batches),
+                "step_ms": batcher.step_s and round(batcher.step_s * 1000, 2),  # one step of a full batch, measured
                 "safety": "on" if safety is not None and getattr(safety, "enabled", True) else "off"}
 
     @app.get("/v1/models")
@@ -275,19 +287,28 @@ def _admit(engine, safety, config: ServeConfig, chat: list[dict], max_new_tokens
         for message in chat:
             if message["role"] != "assistant" and not (verdict := safety.check_input(message["content"])).allowed:
                 return None, GenResult(safety.refusal, 0, "content_filter", f"input:{verdict.rule}")
-    ids = list(engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True)["input_ids"])
+    ids = _chat_ids(engine, chat)
     if len(ids) > config.max_prompt_tokens:
         raise RequestError(422, f"the prompt is {len(ids)} tokens; this server accepts at most "
                                 f"{config.max_prompt_tokens} (--max-prompt-tokens).")
     return GenRequest(ids, max_new_tokens, body.temperature, body.top_p, body.stops()), None
 
 
+ADMIT_SHARE = 0.8  # a request is refused at once when its estimated wait passes this share of its time-out
+
+
 async def _answer(batcher: Batcher, request: GenRequest, timeout: float) -> GenResult:
+    # An estimate from the measured speed; the margin keeps one slower batch from turning admitted
+    # requests into time-outs. Refused now, a client can retry or go elsewhere, instead of waiting `timeout` s.
+    wait = batcher.estimate_wait(request.max_new_tokens)
+    if wait is not None and wait > ADMIT_SHARE * timeout:
+        retry = math.ceil(wait - ADMIT_SHARE * timeout) or 1
+        raise RequestError(503, f"the server is busy: this answer would take about {wait:.0f} s, too close to its "
+                                f"{timeout:.0f} s time-out (--timeout-s); retry in {retry} s.", "server_busy", retry)
     try:
         future = batcher.submit(request)
     except queue.Full:
-        raise RequestError(503, "the server is busy (queue full); retry in a moment.", "server_busy") from None
+        raise RequestError(503, "the server is busy (queue full); retry in a moment.", "server_busy", 1) from None
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except asyncio.TimeoutError:

@@ -17,6 +17,7 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -268,14 +269,24 @@ class Batcher:
     """One worker thread that serves queued jobs in batches of up to MAX_BATCH compatible requests.
 
     ``submit`` returns a concurrent Future (awaitable from asyncio with ``asyncio.wrap_future``).
-    A job whose future was cancelled (its client timed out) is skipped, never computed.
+    A job whose future was cancelled (its client timed out) is skipped, never computed. Jobs are
+    served in the order they came: one that cannot join the batch being formed (other sampling
+    settings) waits at the head of the line for the next batch.
+
+    The batcher also times itself: ``step_s`` is the measured time of one generation step of a
+    full batch (a warm-up batch first, then the batches it serves), and ``estimate_wait`` turns it
+    into how long a new request would wait. The server uses it to refuse at once, with a time to
+    retry, a request it could not answer before the client's time-out.
     """
 
     def __init__(self, engine, max_batch: int = 8, wait_ms: float = 5.0, max_queue: int = 256):
         self.engine, self.max_batch, self.wait = engine, max_batch, wait_ms / 1000
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.held: deque[Job | None] = deque()  # taken from the queue, waiting for a batch with their settings
         self.lock = threading.Lock()  # streaming requests take the model while they run
         self.batches: list[int] = []  # sizes of the batches served (the notebook plots them)
+        self.step_s: float | None = None  # seconds per generation step of a full batch, measured
+        self.busy_until = 0.0  # when the batch being computed should end (perf_counter)
         self.thread = threading.Thread(target=self._work, name="batcher", daemon=True)
         self.thread.start()
 
@@ -285,40 +296,81 @@ class Batcher:
         return job.future
 
     def pending(self) -> int:
-        return self.jobs.qsize()
+        return self.jobs.qsize() + len(self.held)
+
+    def warm_up(self, prompt_ids: list[int], tokens: int = 8) -> float:
+        """Time one full batch before the first client, so that ``estimate_wait`` has a speed to go by."""
+        requests = [GenRequest(list(prompt_ids), tokens) for _ in range(self.max_batch)]
+        start = time.perf_counter()
+        with self.lock:
+            results = self.engine.generate_batch(requests)
+        self._timed(len(requests), results, tokens, time.perf_counter() - start)
+        return self.step_s
+
+    def estimate_wait(self, max_new_tokens: int) -> float | None:
+        """Seconds until a request submitted now is answered: the batch in flight, then one full batch
+        per MAX_BATCH requests ahead of it, each as long as this one (None before any measurement)."""
+        if self.step_s is None:
+            return None
+        rounds = self.pending() // self.max_batch + 1
+        return max(0.0, self.busy_until - time.perf_counter()) + rounds * self.step_s * max_new_tokens
 
     def close(self):
         self.jobs.put(None)
         self.thread.join(timeout=30)
 
+    def _timed(self, size: int, results: list[GenResult], max_new_tokens: int, seconds: float) -> None:
+        # Steps run until every answer has stopped: the longest answer, plus its stop token.
+        steps = min(max_new_tokens, max((r.completion_tokens for r in results), default=0) + 1)
+        if size >= max(1, self.max_batch // 2):  # smaller batches step faster: they would make estimates short
+            step = seconds / steps
+            self.step_s = step if self.step_s is None else 0.7 * self.step_s + 0.3 * step
+
+    def _next(self) -> Job | None:
+        return self.held.popleft() if self.held else self.jobs.get()
+
     def _work(self):
-        while (first := self.jobs.get()) is not None:
+        while (first := self._next()) is not None:
             batch = [first] + self._compatible(first)
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
             if not batch:
                 continue
+            tokens = max(j.request.max_new_tokens for j in batch)
+            start = time.perf_counter()
+            self.busy_until = start + (self.step_s or 0.0) * tokens
             try:
                 with self.lock:
                     results = self.engine.generate_batch([j.request for j in batch])
+                self._timed(len(batch), results, tokens, time.perf_counter() - start)
                 self.batches.append(len(batch))
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
             except Exception as error:  # every caller of the batch gets the error, the worker lives on
                 for job in batch:
                     job.future.set_exception(error)
+            finally:
+                self.busy_until = 0.0
 
     def _compatible(self, first: Job) -> list[Job]:
-        """Jobs that arrive within the wait window and share FIRST's sampling settings."""
-        taken, others, deadline = [], [], time.perf_counter() + self.wait
+        """Jobs that share FIRST's sampling settings: those already waiting, then new ones that arrive
+        within the wait window. The others keep their place in the line, oldest first."""
+        key = first.request.sampling_key()
+        taken, skipped = [], []
+        held, self.held = list(self.held), deque()
+        for job in held:
+            fits = job is not None and len(taken) < self.max_batch - 1 and job.request.sampling_key() == key
+            (taken if fits else skipped).append(job)
+        deadline = time.perf_counter() + self.wait
         while len(taken) < self.max_batch - 1:
             try:
                 job = self.jobs.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty:
                 break
-            if job is None:
-                others.append(job)
-                break
-            (taken if job.request.sampling_key() == first.request.sampling_key() else others).append(job)
-        for job in others:  # back in the queue for the next round (order within a round may change)
-            self.jobs.put(job)
+            if job is None or job.request.sampling_key() != key:
+                skipped.append(job)
+                if job is None:  # closing: serve this batch, then the worker stops at the sentinel
+                    break
+                continue
+            taken.append(job)
+        self.held.extend(skipped)
         return taken
