@@ -343,8 +343,13 @@ def test_background_server_starts_answers_and_leaves_nothing_behind(tmp_path):
         httpx.get(f"{running.url}/health", timeout=2)
 
 
+SERVERS = {"course": "serve.Server('smollm2-135m', safety='off', log_file=LOG)",
+           "llama.cpp": "serve.LlamaServer(models._gguf_path(), log_file=LOG)"}
+
+
+@pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("how", ["exits", "is killed"])
-def test_a_server_ends_with_the_process_that_started_it(tmp_path, how):
+def test_a_server_ends_with_the_process_that_started_it(tmp_path, how, kind):
     """A notebook that never reaches server.stop() (an error, a killed kernel) leaves no server behind."""
     import os
     import signal
@@ -353,12 +358,16 @@ def test_a_server_ends_with_the_process_that_started_it(tmp_path, how):
 
     import psutil
 
-    script = (f"import sys; from course_lib import serve; s = serve.Server('smollm2-135m', safety='off', "
-              f"log_file={str(tmp_path / 'server.log')!r}); print(s.process.pid, s.url, flush=True); "
+    from course_lib import quantize
+
+    if kind == "llama.cpp" and quantize.llama_cpp_available():
+        pytest.skip(quantize.llama_cpp_available())
+    script = (f"import sys; from course_lib import models, serve; LOG = {str(tmp_path / 'server.log')!r}; "
+              f"s = {SERVERS[kind]}; print(s.process.pid, s.url + s.health_path, flush=True); "
               f"sys.stdin.readline()")  # then it exits without calling s.stop(), or waits to be killed
     parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     pid, url = parent.stdout.readline().split()
-    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert httpx.get(url, timeout=10).status_code == 200
     if how == "exits":
         parent.stdin.write("exit now\n")
         parent.stdin.flush()
@@ -376,7 +385,7 @@ def test_a_server_ends_with_the_process_that_started_it(tmp_path, how):
         time.sleep(0.2)  # polling another process's exit: there is no event to wait on
     assert gone(), "the server outlived its parent"
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/health", timeout=2)
+        httpx.get(url, timeout=2)
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path):

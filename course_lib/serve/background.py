@@ -98,13 +98,20 @@ class Server:
         self.stop()
 
 
+# llama.cpp's server, started the way ``python -m course_lib.serve --parent-pid`` starts: it watches
+# the process that started it (argv[1]) and shuts down when that process is gone.
+_LLAMA_MAIN = ("import runpy, sys; from course_lib.serve.__main__ import _exit_with_parent; "
+               "_exit_with_parent(int(sys.argv[1])); sys.argv = ['llama_cpp.server', *sys.argv[2:]]; "
+               "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")
+
+
 class LlamaServer(Server):
     """llama.cpp's own OpenAI-compatible server (``python -m llama_cpp.server``) on a GGUF file.
 
     The runtime Ollama and LM Studio build on, answering over HTTP the way they do: chat requests are
     formatted with the chat template stored in the GGUF file, and generation stops at its end-of-turn
-    token. Its own process, like ``Server``: if the native code crashes, the server dies, not the notebook.
-    It has no ``--parent-pid`` watch: ``stop()``, the ``with`` block or this process's exit ends it.
+    token. Its own process, like ``Server``: if the native code crashes, the server dies, not the
+    notebook, and it ends with the process that started it.
     """
 
     health_path = "/v1/models"
@@ -116,6 +123,6 @@ class LlamaServer(Server):
         from course_lib import runtimes
 
         threads = threads or runtimes._threads()  # what the course's own llama.cpp runner uses
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_file), "--host", "127.0.0.1",
+        argv = [sys.executable, "-c", _LLAMA_MAIN, str(os.getpid()), "--model", str(gguf_file), "--host", "127.0.0.1",
                 "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
         self._start(argv, port, log_file, wait_s)
