@@ -125,7 +125,10 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     config = config or ServeConfig()
     safety = safety or load_safety(config.safety)
     batcher = Batcher(engine, config.max_batch, config.batch_wait_ms, config.max_queue)
-    batcher.warm_up(_chat_ids(engine, [{"role": "user", "content": "Tell me about tomatoes."}]))  # sizes the 503s
+    try:  # the measured speed sizes the busy answers (503)
+        batcher.warm_up(_chat_ids(engine, [{"role": "user", "content": "Tell me about tomatoes."}]))
+    except Exception:  # a runtime that fails here (llama.cpp crashed) fails each request with its
+        pass  # own sentence; the server starts anyway, with no estimate (nothing refused early)
     name = config.name or default_name(engine.info)
     started = time.time()
 

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from course_lib import paths
+from course_lib import paths, runtimes
 
 
 def free_port() -> int:
@@ -119,8 +119,6 @@ class LlamaServer(Server):
     def __init__(self, gguf_file, port: int | None = None, log_file=None, wait_s: float = 120, n_ctx: int = 1024,
                  threads: int | None = None):
         import sys
-
-        from course_lib import runtimes
 
         threads = threads or runtimes._threads()  # what the course's own llama.cpp runner uses
         argv = [sys.executable, "-c", _LLAMA_MAIN, str(os.getpid()), "--model", str(gguf_file), "--host", "127.0.0.1",
