@@ -108,13 +108,9 @@ def score_answers(name: str, items: list[dict], answers: list[str]) -> EvalResul
         distinct_answer_share=round(distinct_share(answers), 3))
 
 
-def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0,
-             batch_size: int = 16) -> EvalResult:
-    """Ask every question of EVAL_SET and score the answers (BATCH_SIZE questions per generate call)."""
-    items = load_eval_set(eval_set)
-    items = items[:limit] if limit else items
-    answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens, batch_size)
-    return score_answers(eval_set, items, answers)
+def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
+    """Ask every question of EVAL_SET and score the answers."""
+    return evaluate_sets(model, tokenizer, (eval_set,), max_new_tokens, limit, batch_size=16)[eval_set]
 
 
 def evaluate_sets(model, tokenizer, eval_sets=("persona", "general"), max_new_tokens: int = 48, limit: int = 0,

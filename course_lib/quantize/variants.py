@@ -339,14 +339,13 @@ def gguf_contents(path) -> dict:
         tensor_bytes += int(tensor.n_bytes)
     size = Path(path).stat().st_size
     fields = reader.fields
-    tokens = [fields["tokenizer.ggml.tokens"].contents(i) for i in range(len(fields["tokenizer.ggml.tokens"].data))] \
-        if "tokenizer.ggml.tokens" in fields else []
+    vocabulary = len(fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in fields else 0
     eos = fields["tokenizer.ggml.eos_token_id"].contents() if "tokenizer.ggml.eos_token_id" in fields else None
     return {"tensors": dict(types), "tensor_mb": tensor_bytes / 1e6, "metadata_mb": (size - tensor_bytes) / 1e6,
             "chat_template": "tokenizer.chat_template" in fields,
             "chat_template_text": fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else "",
-            "eos_token": tokens[eos] if eos is not None and eos < len(tokens) else None,
-            "vocabulary": len(tokens)}
+            "eos_token": fields["tokenizer.ggml.tokens"].contents(eos) if eos is not None and eos < vocabulary else None,
+            "vocabulary": vocabulary}
 
 
 # --------------------------------------------------------------------------- one builder per variant

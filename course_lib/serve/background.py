@@ -75,7 +75,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"the server did not answer /health within {wait_s:.0f} s (log: {self.log_file})")
+        raise TimeoutError(f"the server did not answer {self.health_path} within {wait_s:.0f} s (log: {self.log_file})")
 
     def stop(self, grace_s: float = 15) -> int:
         """Stop the server and everything it started; returns its exit code."""
