@@ -58,6 +58,15 @@ def test_papermill_reads_every_parameter(path, caplog):
     assert {"MODEL", "RUN_DIR", "SEED", "SMALL_RUN"} <= set(knobs)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_text_has_no_control_characters(path):
+    """A "\\beta" written from a Python string without its backslash doubled arrives as a backspace and
+    "eta": the LaTeX breaks without an error. Tabs and other control characters have no place in a cell."""
+    found = [f"cell {i}: {ch!r} in ...{_src(c)[max(0, k - 20):k + 20]!r}..."
+             for i, c in enumerate(_cells(path)) for k, ch in enumerate(_src(c)) if ord(ch) < 32 and ch != "\n"]
+    assert not found, f"{path.name}: control characters (write LaTeX in a raw string): " + "; ".join(found[:5])
+
+
 def _stored(cell) -> str:
     kinds = [o.get("ename", o["output_type"]) if o["output_type"] == "error" else o["output_type"]
              for o in cell.get("outputs", [])]
