@@ -42,8 +42,12 @@ def load_eval_set(name_or_path: str) -> list[dict]:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, batch_size: int = 16,
-             progress: bool = True) -> list[str]:
-    """Greedy answers to PROMPTS, batched with left padding (what a chat user would get)."""
+             progress: bool = True, samples: int = 1, temperature: float = 0.0) -> list[str]:
+    """Answers to PROMPTS, batched with left padding (what a chat user would get).
+
+    Greedy by default. With a TEMPERATURE above 0 each prompt gets SAMPLES sampled answers, one after
+    the other in the returned list (a reinforcement-learning "group", appendix A6).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -56,8 +60,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
             inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt",
                                                    return_dict=True, padding=True).to(model.device)
             with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                # top_k=0: every token stays possible, as TRL's GRPOTrainer samples (transformers' default keeps 50)
+                sampling = dict(do_sample=True, temperature=temperature, top_k=0, num_return_sequences=samples) \
+                    if temperature > 0 else dict(do_sample=False)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, use_cache=True,
+                                     pad_token_id=tokenizer.pad_token_id, **sampling)
             new = out[:, inputs["input_ids"].shape[1]:]
             answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:

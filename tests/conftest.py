@@ -47,6 +47,12 @@ def course_run_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("course_run")
 
 
+# Wall-clock guards for the small runs: a hang fails its test instead of eating CI's time. A6's GRPO
+# small run needs well under a minute a cell; GRPO on a CPU is known to hang in some setups (trl#3739).
+CELL_TIME_LIMIT = 1200
+CELL_TIME_LIMITS = {"A6_grpo": 300}
+
+
 @pytest.fixture(scope="session")
 def executed(course_run_dir):
     """executed("02_lora_qlora") -> the runner's report entry for that notebook's small run.
@@ -60,7 +66,8 @@ def executed(course_run_dir):
 
     def run(name: str) -> dict:
         if name not in cache:
-            cache[name] = run_notebook(notebooks[name], course_run_dir, small=True, log_output=False)
+            cache[name] = run_notebook(notebooks[name], course_run_dir, small=True, log_output=False,
+                                       cell_timeout=CELL_TIME_LIMITS.get(name, CELL_TIME_LIMIT))
         return cache[name]
 
     run.notebooks = notebooks

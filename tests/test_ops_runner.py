@@ -34,6 +34,15 @@ def test_run_notebook_reports_figures_and_failures(tmp_path):
     assert failed["error"] == "ValueError: train.jsonl line 3: no output field"
 
 
+@pytest.mark.slow
+def test_a_cell_past_its_time_limit_fails_the_notebook_with_a_clear_error(tmp_path):
+    """The guard against a hang (appendix A6's GRPO small run uses it): stopped, reported, not waited for."""
+    slow = _notebook(tmp_path / "04_slow.ipynb", "import time\ntime.sleep(60)")
+    entry = runner.run_notebook(slow, tmp_path / "runs", cell_timeout=3)
+    assert entry["status"] == "failed" and "timed out" in entry["error"], entry
+    assert entry["seconds"] < 50
+
+
 def test_stale_figures_are_not_reported(tmp_path):
     from course_lib.report import NotebookRun
 

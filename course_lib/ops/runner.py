@@ -38,8 +38,12 @@ def _first_line(error: BaseException) -> str:
 
 
 def run_notebook(notebook: Path, run_dir: Path, small: bool = False, parameters: dict | None = None,
-                 log_output: bool = False) -> dict:
-    """Execute one notebook into ``run_dir/notebooks/`` and return its report entry."""
+                 log_output: bool = False, cell_timeout: float | None = None) -> dict:
+    """Execute one notebook into ``run_dir/notebooks/`` and return its report entry.
+
+    CELL_TIMEOUT (seconds) is a wall-clock guard: a cell that runs longer is stopped and the notebook
+    reported as failed with papermill's "timed out" message, instead of hanging the whole run.
+    """
     import papermill
 
     notebook, run_dir = Path(notebook), Path(run_dir)
@@ -56,7 +60,7 @@ def run_notebook(notebook: Path, run_dir: Path, small: bool = False, parameters:
     try:
         papermill.execute_notebook(
             str(notebook), str(out), parameters=params, cwd=str(notebook.parent),
-            kernel_name="python3", progress_bar=False, log_output=log_output,
+            kernel_name="python3", progress_bar=False, log_output=log_output, execution_timeout=cell_timeout,
         )
     except Exception as error:  # a failed notebook is reported, and the course goes on
         entry.update(status="failed", error=_first_line(error))
