@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from course_lib import models, paths, runtimes, ui, versions
+from course_lib import knobs, models, paths, runtimes, ui, versions
+from course_lib.memory import plan
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -285,6 +286,15 @@ def bitsandbytes_check(device: str | None = None) -> Check:
                  "ok" if ok else "warning", ("" if ok else "4-bit output did not match: QLoRA results may be wrong.") + note)
 
 
+def _memory_hint(seq_len: int = 128) -> str:
+    """What the default model needs, from the memory planner at notebook 02's batch size, never a typed figure."""
+    need = {m: plan.estimate(knobs.MODEL, m, seq_len=seq_len, batch_size=knobs.BATCH_SIZE).total_mb / 1024
+            for m in ("lora", "full")}
+    return (f"The default model needs about {need['lora']:.1f} GB for LoRA and {need['full']:.1f} GB for full "
+            f"fine-tuning (the memory planner, batches of {knobs.BATCH_SIZE} examples of {seq_len} tokens): "
+            "close other programs, or lower BATCH_SIZE / SEQ_LEN.")
+
+
 def _check_memory() -> list[Check]:
     import psutil
 
@@ -292,8 +302,7 @@ def _check_memory() -> list[Check]:
     available = ram.available / GB
     verdict = "ok" if available >= 6 else "warning" if available >= 3 else "problem"
     checks = [Check("RAM", f"{ram.total / GB:.1f} GB total, {available:.1f} GB available", verdict,
-                    "" if verdict == "ok" else "The default model needs ~2 GB for LoRA and ~3.5 GB for full "
-                    "fine-tuning: close other programs, or lower BATCH_SIZE / SEQ_LEN.")]
+                    "" if verdict == "ok" else _memory_hint())]
     cores = os.cpu_count() or 1
     checks.append(Check("CPU", f"{cpu_name()}, {cores} logical cores", "ok" if cores >= 2 else "warning",
                         "" if cores >= 2 else "One core works but every notebook takes about twice as long."))

@@ -109,3 +109,13 @@ def test_notebook_00_records_plan_vs_measurement(executed):
         # the small run (seq 128 x batch 2, 2 steps) keeps the default model's 25% margin
         assert _within(estimate, measured, 0.25), (method, estimate, measured)
         assert figures["memory"][method]["ratio"] == pytest.approx(estimate / measured, rel=0.01)
+
+
+def test_the_low_memory_hint_quotes_the_planner_not_a_typed_figure():
+    from course_lib import env, knobs
+    from course_lib.memory import plan
+
+    hint = env._memory_hint()
+    for method, word in (("lora", "LoRA"), ("full", "full")):
+        gb = plan.estimate(knobs.MODEL, method, seq_len=128, batch_size=knobs.BATCH_SIZE).total_mb / 1024
+        assert f"{gb:.1f} GB for {word}" in hint, hint
