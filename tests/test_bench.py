@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("trainer_speedup", "trainer_mfu", "mem_lora_over_full", "mem_qlora_over_lora", "nf4_size_ratio",
-        "nf4_ppl_ratio", "int8_ppl_ratio", "serve_decode_speedup", "course_seconds")
+        "nf4_ppl_ratio", "int8_ppl_ratio", "int8_weight_only_ppl_ratio", "int8_weight_only_size_ratio",
+        "serve_decode_speedup", "course_seconds")
 
 
 def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):

@@ -44,7 +44,10 @@ def weight_bytes(model) -> int:
 
     def add(value):
         nonlocal total
-        if isinstance(value, torch.Tensor):
+        if hasattr(value, "__tensor_flatten__"):  # a tensor subclass (torchao's int8): count what it holds
+            for name in value.__tensor_flatten__()[0]:
+                add(getattr(value, name))
+        elif isinstance(value, torch.Tensor):
             key = (value.untyped_storage().data_ptr() if value.numel() else id(value), value.dtype, value.numel())
             if key not in seen:
                 seen.add(key)
