@@ -33,7 +33,7 @@ from course_lib.runtimes import (
 )
 
 # What notebook 04 measures by default (bf16 is one click away in its panel).
-DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
+DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
 RUNTIMES = {"onnx": "ONNX Runtime", "gguf": "llama.cpp"}
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's converter writes by itself
 # What the table's notes column says of a variant, whoever built it (the notebook or a builder).
@@ -462,7 +462,8 @@ def build_gguf(model_dir: Path, out: Path, options: Options) -> Built:
 # The registry: variant name -> its builder, in the order the table lists them.
 BUILDERS = {
     "fp32": build_fp32, "bf16": build_bf16, "int8_dynamic": build_int8_dynamic,
-    "int8_weight_only": build_int8_weight_only, "bnb_int8": build_bnb_int8, "nf4": build_nf4, "pruned": build_pruned, "onnx": build_onnx, "gguf": build_gguf,
+    "int8_weight_only": build_int8_weight_only, "bnb_int8": build_bnb_int8, "nf4": build_nf4,
+    "pruned": build_pruned, "onnx": build_onnx, "gguf": build_gguf,
 }
 VARIANTS = tuple(BUILDERS)  # ("fp32", "bf16", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", ...)
 
