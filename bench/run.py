@@ -71,6 +71,8 @@ TABLE = [
     ("naive_ttft_ms", "5. time to first token, naive (ms)", None, True),
     ("serve_concurrency_speedup", "5. tokens/s 32 clients / one at a time", None, False),
     ("serve_p95_ms", "5. p95 latency under 32 clients (ms)", None, True),
+    ("serve_vs_llama_cpp_bs1", "5. chat tokens/s batch 1, course server / llama.cpp server (q8_0)", None, False),
+    ("serve_vs_llama_cpp_32_clients", "5.   the same under the load test's clients", None, False),
     ("course_seconds", "6. make course wall time (s)", 900, True),
     ("course_slowest_notebook_seconds", "6. slowest notebook (s)", 300, True),
 ]
@@ -88,7 +90,8 @@ def measure(model: str, run_dir: Path, threads: int, profile: dict, figures, run
         "ladder": lambda: training.memory_ladder(model, threads, **profile["ladder"]),
         "quant": lambda: quantization.variants(model, run_dir, **profile["quant"]),
         "serve": lambda: {**serving.decode(model, **profile["decode"]),
-                          **serving.concurrent(model, threads, **profile["load"])},
+                          **serving.concurrent(model, threads, **profile["load"]),
+                          **serving.against_llama_cpp(model, run_dir, threads, **profile["load"])},
         "course": lambda: course.run_course(run_dir) if run_course else course.from_report(course_report),
     }
     for name in figures:
@@ -105,7 +108,9 @@ def machine(threads: int) -> dict:
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"machine": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from course_lib.env import cpu_name
+
+    return {"machine": platform.node(), "cpu": cpu_name(), "cores": os.cpu_count(),
             "threads": threads, "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
             "load_average": [round(x, 1) for x in load], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 

@@ -39,3 +39,9 @@ def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
     assert 0 < figures["trainer_mfu"] < 1.5  # a fraction of the measured peak (wide: timers are coarse)
     assert figures["naive_new_tokens"] == figures["decode_new_tokens"]  # both loops decode the same answer
     assert "trainer useful tokens/s" in done.stdout  # the table is printed
+    # llama.cpp's server beside the course server: measured, or a sentence saying why not
+    if "llama_cpp_skipped" not in figures:
+        for key in ("serve_vs_llama_cpp_bs1", "serve_vs_llama_cpp_32_clients"):
+            assert figures[key] > 0, key
+        assert figures["llama_cpp_answered"] == "4/4"
+    assert figures["cpu"] and figures["cpu"] != "x86_64"  # lscpu's model name, beside every timing
