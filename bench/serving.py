@@ -114,10 +114,16 @@ def against_llama_cpp(model_name: str, run_dir, threads: int, clients: int = 32,
     missing = quantize.llama_cpp_available() or quantize.converter_available()  # None when both are there
     if missing:
         return {"llama_cpp_skipped": missing}
-    gguf = Path(run_dir) / "bench" / "serve" / "model-q8_0.gguf"
-    if not gguf.exists():
-        gguf.parent.mkdir(parents=True, exist_ok=True)
-        quantize.convert_gguf(models.model_location(model_name)[0], gguf, "q8_0")
+    folder = Path(models.model_location(model_name)[0])
+    if not folder.is_dir():
+        return {"llama_cpp_skipped": f"{model_name} is not a local folder: the GGUF converter reads one"}
+    gguf = Path(run_dir) / "bench" / "serve" / f"{folder.name}-q8_0.gguf"
+    try:
+        if not gguf.exists():
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            quantize.convert_gguf(folder, gguf, "q8_0")
+    except Exception as error:  # the other serving figures are measured already: keep them
+        return {"llama_cpp_skipped": f"GGUF conversion failed: {type(error).__name__}: {str(error)[:150]}"}
     asked = [item["question"] for item in evaluate.load_eval_set("persona")]
     asked = (asked * (1 + questions // len(asked)))[:questions]
     with serve.Server(model_name, threads=threads) as server:

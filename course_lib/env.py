@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from course_lib import knobs, models, paths, runtimes, ui, versions
-from course_lib.memory import plan
+from course_lib import models, paths, runtimes, ui, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -46,6 +45,8 @@ LIBRARIES = {
     "matplotlib": "charts",
     "ipywidgets": "interactive panels",
     "papermill": "running notebooks headless",
+    "trl": "preference tuning and GRPO (notebook 06, appendix A6)",
+    "torchao": "weight-only int8 (notebook 04)",
 }
 
 
@@ -286,13 +287,9 @@ def bitsandbytes_check(device: str | None = None) -> Check:
                  "ok" if ok else "warning", ("" if ok else "4-bit output did not match: QLoRA results may be wrong.") + note)
 
 
-def _memory_hint(seq_len: int = 128) -> str:
-    """What the default model needs, from the memory planner at notebook 02's batch size, never a typed figure."""
-    need = {m: plan.estimate(knobs.MODEL, m, seq_len=seq_len, batch_size=knobs.BATCH_SIZE).total_mb / 1024
-            for m in ("lora", "full")}
-    return (f"The default model needs about {need['lora']:.1f} GB for LoRA and {need['full']:.1f} GB for full "
-            f"fine-tuning (the memory planner, batches of {knobs.BATCH_SIZE} examples of {seq_len} tokens): "
-            "close other programs, or lower BATCH_SIZE / SEQ_LEN.")
+# No figure typed here: what training needs depends on the settings, and notebook 00's planner computes it.
+LOW_MEMORY_HINT = ("Section 5 of notebook 00 plans what training needs at your settings (the memory planner): "
+                   "close other programs, or lower BATCH_SIZE / SEQ_LEN.")
 
 
 def _check_memory() -> list[Check]:
@@ -302,7 +299,7 @@ def _check_memory() -> list[Check]:
     available = ram.available / GB
     verdict = "ok" if available >= 6 else "warning" if available >= 3 else "problem"
     checks = [Check("RAM", f"{ram.total / GB:.1f} GB total, {available:.1f} GB available", verdict,
-                    "" if verdict == "ok" else _memory_hint())]
+                    "" if verdict == "ok" else LOW_MEMORY_HINT)]
     cores = os.cpu_count() or 1
     checks.append(Check("CPU", f"{cpu_name()}, {cores} logical cores", "ok" if cores >= 2 else "warning",
                         "" if cores >= 2 else "One core works but every notebook takes about twice as long."))

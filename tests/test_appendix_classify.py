@@ -81,7 +81,6 @@ def test_parse_label(answer, label):
     assert classify.parse_label(answer) == label
 
 
-@pytest.mark.slow
 def _train_like_the_notebook(model, tokenizer, records, out_dir, weights):
     """Notebook A3's Trainer (its cell), one epoch: classify.dataset and classify.weighted_loss feed it."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -94,6 +93,7 @@ def _train_like_the_notebook(model, tokenizer, records, out_dir, weights):
     return [row["loss"] for row in trainer.state.log_history if "loss" in row]
 
 
+@pytest.mark.slow
 def test_lora_head_trains_only_top_layers_and_the_head(tiny_model_dir):
     import torch
     from peft import LoraConfig, TaskType

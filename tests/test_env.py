@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -111,11 +112,7 @@ def test_notebook_00_records_plan_vs_measurement(executed):
         assert figures["memory"][method]["ratio"] == pytest.approx(estimate / measured, rel=0.01)
 
 
-def test_the_low_memory_hint_quotes_the_planner_not_a_typed_figure():
-    from course_lib import env, knobs
-    from course_lib.memory import plan
+def test_the_low_memory_hint_points_at_the_planner_and_types_no_figure():
+    from course_lib import env
 
-    hint = env._memory_hint()
-    for method, word in (("lora", "LoRA"), ("full", "full")):
-        gb = plan.estimate(knobs.MODEL, method, seq_len=128, batch_size=knobs.BATCH_SIZE).total_mb / 1024
-        assert f"{gb:.1f} GB for {word}" in hint, hint
+    assert "planner" in env.LOW_MEMORY_HINT and not re.search(r"\d\s*GB", env.LOW_MEMORY_HINT)

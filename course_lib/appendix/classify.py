@@ -212,7 +212,7 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 16, max_length
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
+                              max_length=max_length, return_tensors="pt").to(model.device)
             out += [LABELS[i] for i in model(**batch).logits.argmax(-1).tolist()]
     return out
 
