@@ -21,8 +21,7 @@ from pathlib import Path
 # arguments). torch is reported but not warned about: the Colab setup keeps Colab's own CUDA build
 # on purpose, and the torch API the course uses is stable across the releases pyproject allows.
 COURSE_LIBRARIES = ("transformers", "peft", "accelerate", "bitsandbytes", "datasets", "tokenizers",
-                    "safetensors", "huggingface-hub", "gguf", "onnx", "onnxruntime", "optuna", "trl",
-                    "torchao")
+                    "safetensors", "huggingface-hub", "gguf", "onnx", "onnxruntime", "optuna", "trl")
 REPORTED = ("torch", *COURSE_LIBRARIES)
 _warned = False
 
