@@ -1,6 +1,8 @@
 """Figure 4: size, perplexity and decode-speed ratios of the quantize stage's variants to fp32.
 
-``course_lib.quantize.Bench`` (notebook 04's own measurement) on the base model: perplexity over
+``course_lib.quantize.Bench`` (notebook 04's own measurement) on the base model, int8 both ways: dynamic
+(torch.ao, activations quantized per batch: the outlier lesson) and weight-only (torchao, what people
+use for LLMs): perplexity over
 the answer tokens of the same validation examples, size on disk, and ms/token timed in turns with
 the fp32 baseline.
 """
@@ -10,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def variants(model_name: str, run_dir, names=("fp32", "int8_dynamic", "nf4", "bnb_int8"), examples: int = 16,
-             latency_tokens: int = 16) -> dict:
+def variants(model_name: str, run_dir, names=("fp32", "int8_dynamic", "int8_weight_only", "nf4", "bnb_int8"),
+             examples: int = 16, latency_tokens: int = 16) -> dict:
     from course_lib import models, quantize
 
     tokenizer = models.load_tokenizer(model_name)

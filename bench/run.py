@@ -24,17 +24,17 @@ from bench import course, quantization, serving, training  # noqa: E402
 PROFILES = {
     "full": dict(train=dict(examples=64, val_examples=32, batch_size=8, rounds=2),
                  ladder=dict(seq_len=256, batch_size=4, steps=3),
-                 quant=dict(names=("fp32", "int8_dynamic", "nf4", "bnb_int8"), examples=32, latency_tokens=32),
+                 quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4", "bnb_int8"), examples=32, latency_tokens=32),
                  decode=dict(new_tokens=64, rounds=3),
                  load=dict(clients=32, questions=64, sequential=8, new_tokens=48)),
     "quick": dict(train=dict(examples=16, val_examples=16, batch_size=8, rounds=1),
                   ladder=dict(seq_len=128, batch_size=2, steps=2),
-                  quant=dict(names=("fp32", "int8_dynamic", "nf4"), examples=12, latency_tokens=12),
+                  quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4"), examples=12, latency_tokens=12),
                   decode=dict(new_tokens=32, rounds=2),
                   load=dict(clients=32, questions=32, sequential=4, new_tokens=24)),
     "smoke": dict(train=dict(examples=4, val_examples=2, batch_size=2, rounds=1),
                   ladder=dict(seq_len=32, batch_size=1, steps=1),
-                  quant=dict(names=("fp32", "int8_dynamic", "nf4"), examples=2, latency_tokens=3),
+                  quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4"), examples=2, latency_tokens=3),
                   decode=dict(new_tokens=4, rounds=1),
                   load=dict(clients=4, questions=4, sequential=2, new_tokens=4)),
 }
@@ -58,6 +58,9 @@ TABLE = [
     ("int8_keep_down_ppl_ratio", "4. int8 dynamic, down_proj in fp32: perplexity / fp32", None, True),
     ("int8_keep_down_size_ratio", "4.   its size / fp32", None, True),
     ("int8_keep_down_ms_per_token_ratio", "4.   its ms/token / fp32", None, True),
+    ("int8_weight_only_size_ratio", "4. int8 weight-only (torchao) size / fp32", None, True),
+    ("int8_weight_only_ppl_ratio", "4. int8 weight-only perplexity / fp32", 1.01, True),
+    ("int8_weight_only_ms_per_token_ratio", "4. int8 weight-only ms/token / fp32", None, True),
     ("nf4_size_ratio", "4. nf4 size / fp32", None, True),
     ("nf4_ppl_ratio", "4. nf4 perplexity / fp32", None, True),
     ("nf4_ms_per_token_ratio", "4. nf4 ms/token / fp32", None, True),
@@ -68,6 +71,8 @@ TABLE = [
     ("naive_ttft_ms", "5. time to first token, naive (ms)", None, True),
     ("serve_concurrency_speedup", "5. tokens/s 32 clients / one at a time", None, False),
     ("serve_p95_ms", "5. p95 latency under 32 clients (ms)", None, True),
+    ("serve_vs_llama_cpp_bs1", "5. chat tokens/s batch 1, course server / llama.cpp server (q8_0)", None, False),
+    ("serve_vs_llama_cpp_32_clients", "5.   the same under the load test's clients", None, False),
     ("course_seconds", "6. make course wall time (s)", 900, True),
     ("course_slowest_notebook_seconds", "6. slowest notebook (s)", 300, True),
 ]
@@ -85,7 +90,8 @@ def measure(model: str, run_dir: Path, threads: int, profile: dict, figures, run
         "ladder": lambda: training.memory_ladder(model, threads, **profile["ladder"]),
         "quant": lambda: quantization.variants(model, run_dir, **profile["quant"]),
         "serve": lambda: {**serving.decode(model, **profile["decode"]),
-                          **serving.concurrent(model, threads, **profile["load"])},
+                          **serving.concurrent(model, threads, **profile["load"]),
+                          **serving.against_llama_cpp(model, run_dir, threads, **profile["load"])},
         "course": lambda: course.run_course(run_dir) if run_course else course.from_report(course_report),
     }
     for name in figures:
@@ -102,7 +108,9 @@ def machine(threads: int) -> dict:
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"machine": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from course_lib.env import cpu_name
+
+    return {"machine": platform.node(), "cpu": cpu_name(), "cores": os.cpu_count(),
             "threads": threads, "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
             "load_average": [round(x, 1) for x in load], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 

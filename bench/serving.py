@@ -8,6 +8,9 @@ Batch 1, greedy, the same model, prompt and number of new tokens:
 Both run in turns (A B A B) and the best round of each counts. Then the HTTP server
 (``course_lib.serve.Server``) answers the persona questions from 32 concurrent clients
 (``course_lib.serve.loadtest.run``) and, for comparison, one client asking one question at a time.
+Last, the runtime a learner would otherwise pick: llama.cpp's own server on a q8_0 GGUF file of the
+same model, against the course server, both asked through the OpenAI route (``/v1/chat/completions``),
+one client at a time and 32 at once.
 """
 
 from __future__ import annotations
@@ -89,3 +92,49 @@ def concurrent(model_name: str, threads: int, clients: int = 32, questions: int 
             "serve_concurrency_speedup": ratio(many["tokens_per_s"], one["tokens_per_s"]),
             "serve_clients": clients, "serve_p50_ms": many["latency_p50_ms"], "serve_p95_ms": many["latency_p95_ms"],
             "serve_answered": f"{many['requests_answered']}/{many['requests_sent']}"}
+
+
+def _load(url: str, asked: list[str], clients: int, sequential: int, new_tokens: int) -> tuple[dict, dict]:
+    """(one client, one question at a time) and (CLIENTS at once) through the OpenAI chat route."""
+    from course_lib.serve import loadtest
+
+    loadtest.run(url, asked[:1], clients=1, max_new_tokens=4, route="chat")  # warm-up
+    one = loadtest.run(url, asked[:sequential], clients=1, max_new_tokens=new_tokens, route="chat").summary()
+    many = loadtest.run(url, asked, clients=clients, max_new_tokens=new_tokens, route="chat").summary()
+    return one, many
+
+
+def against_llama_cpp(model_name: str, run_dir, threads: int, clients: int = 32, questions: int = 32,
+                      sequential: int = 8, new_tokens: int = 32) -> dict:
+    """Tokens/s of the course server (PyTorch, fp32) over llama.cpp's server (q8_0), batch 1 and CLIENTS."""
+    from pathlib import Path
+
+    from course_lib import evaluate, models, quantize, serve
+
+    missing = quantize.llama_cpp_available() or quantize.converter_available()  # None when both are there
+    if missing:
+        return {"llama_cpp_skipped": missing}
+    folder = Path(models.model_location(model_name)[0])
+    if not folder.is_dir():
+        return {"llama_cpp_skipped": f"{model_name} is not a local folder: the GGUF converter reads one"}
+    gguf = Path(run_dir) / "bench" / "serve" / f"{folder.name}-q8_0.gguf"
+    try:
+        if not gguf.exists():
+            gguf.parent.mkdir(parents=True, exist_ok=True)
+            quantize.convert_gguf(folder, gguf, "q8_0")
+    except Exception as error:  # the other serving figures are measured already: keep them
+        return {"llama_cpp_skipped": f"GGUF conversion failed: {type(error).__name__}: {str(error)[:150]}"}
+    asked = [item["question"] for item in evaluate.load_eval_set("persona")]
+    asked = (asked * (1 + questions // len(asked)))[:questions]
+    with serve.Server(model_name, threads=threads) as server:
+        ours = _load(server.url, asked, clients, sequential, new_tokens)
+    try:
+        with serve.LlamaServer(gguf, threads=threads) as server:
+            theirs = _load(server.url, asked, clients, sequential, new_tokens)
+    except (RuntimeError, TimeoutError) as error:  # llama.cpp died (a crash on this CPU, say): reported, not raised
+        return {"llama_cpp_skipped": str(error).splitlines()[0][:200]}
+    return {"serve_vs_llama_cpp_bs1": ratio(ours[0]["tokens_per_s"], theirs[0]["tokens_per_s"]),
+            "serve_vs_llama_cpp_32_clients": ratio(ours[1]["tokens_per_s"], theirs[1]["tokens_per_s"]),
+            "llama_cpp_tokens_per_s_bs1": theirs[0]["tokens_per_s"], "llama_cpp_tokens_per_s_clients": theirs[1]["tokens_per_s"],
+            "course_chat_tokens_per_s_bs1": ours[0]["tokens_per_s"], "course_chat_tokens_per_s_clients": ours[1]["tokens_per_s"],
+            "llama_cpp_answered": f"{theirs[1]['requests_answered']}/{theirs[1]['requests_sent']}"}

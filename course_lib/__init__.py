@@ -12,7 +12,17 @@ notebook runner, the offline bundle); no core stage imports either. tests/test_l
 this shape: no import cycles, no file over 500 lines.
 """
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# Importing peft imports bitsandbytes and (whenever it is installed) torchao, notebook 04's weight-only
+# int8. On import, bitsandbytes logs "Failed to load CPU gemm_4bit_forward from kernels-community" (an
+# optional kernel; 4-bit layers work without it), torchao that its CUDA-only kernels do not load, and
+# torch that one of torchao's enums uses an older registration: all harmless, and printed in every
+# notebook that imports peft. Quieted here, before any notebook's first import of peft.
+for _name in ("bitsandbytes", "torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 # Where the course is published; notebooks' "Open in Colab" badges and setup cells point here.
 REPO = "slm-course/slm-finetuning-course"

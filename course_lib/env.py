@@ -45,6 +45,8 @@ LIBRARIES = {
     "matplotlib": "charts",
     "ipywidgets": "interactive panels",
     "papermill": "running notebooks headless",
+    "trl": "preference tuning and GRPO (notebook 06, appendix A6)",
+    "torchao": "weight-only int8 (notebook 04)",
 }
 
 
@@ -285,6 +287,11 @@ def bitsandbytes_check(device: str | None = None) -> Check:
                  "ok" if ok else "warning", ("" if ok else "4-bit output did not match: QLoRA results may be wrong.") + note)
 
 
+# No figure typed here: what training needs depends on the settings, and notebook 00's planner computes it.
+LOW_MEMORY_HINT = ("Section 5 of notebook 00 plans what training needs at your settings (the memory planner): "
+                   "close other programs, or lower BATCH_SIZE / SEQ_LEN.")
+
+
 def _check_memory() -> list[Check]:
     import psutil
 
@@ -292,8 +299,7 @@ def _check_memory() -> list[Check]:
     available = ram.available / GB
     verdict = "ok" if available >= 6 else "warning" if available >= 3 else "problem"
     checks = [Check("RAM", f"{ram.total / GB:.1f} GB total, {available:.1f} GB available", verdict,
-                    "" if verdict == "ok" else "The default model needs ~2 GB for LoRA and ~3.5 GB for full "
-                    "fine-tuning: close other programs, or lower BATCH_SIZE / SEQ_LEN.")]
+                    "" if verdict == "ok" else LOW_MEMORY_HINT)]
     cores = os.cpu_count() or 1
     checks.append(Check("CPU", f"{cpu_name()}, {cores} logical cores", "ok" if cores >= 2 else "warning",
                         "" if cores >= 2 else "One core works but every notebook takes about twice as long."))

@@ -51,6 +51,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, bat
     import torch
     from tqdm.auto import tqdm
 
+    if samples > 1 and temperature <= 0:
+        raise ValueError(f"samples={samples} needs a temperature above 0: greedy decoding gives one answer per prompt")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow each prompt
     answers: list[str] = []
     try:

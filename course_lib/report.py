@@ -11,7 +11,6 @@ into ``runs/course_report.json``, so what the learner saw is exactly what gets c
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
@@ -68,13 +67,11 @@ class NotebookRun:
 def quiet_libraries() -> None:
     """Silence messages that look alarming but are harmless here, so real warnings stand out.
 
-    bitsandbytes logs "Failed to load CPU gemm_4bit_forward from kernels-community" on CPU
-    machines without the optional `kernels` package; 4-bit layers work without it.
+    (The loggers that speak on import, bitsandbytes' and torchao's, are quieted in course_lib/__init__.)
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*kernels-community.*")
+    warnings.filterwarnings("ignore", message=".*kernels-community.*")  # the logger is quieted in course_lib/__init__
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised via peft, harmless
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")  # CPU: nothing to pin

@@ -81,6 +81,18 @@ def test_parse_label(answer, label):
     assert classify.parse_label(answer) == label
 
 
+def _train_like_the_notebook(model, tokenizer, records, out_dir, weights):
+    """Notebook A3's Trainer (its cell), one epoch: classify.dataset and classify.weighted_loss feed it."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=1, per_device_train_batch_size=8,
+                             learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=classify.dataset(records, tokenizer, 96),
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_loss_func=classify.weighted_loss(weights))
+    trainer.train()
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
 @pytest.mark.slow
 def test_lora_head_trains_only_top_layers_and_the_head(tiny_model_dir):
     import torch
@@ -100,8 +112,7 @@ def test_lora_head_trains_only_top_layers_and_the_head(tiny_model_dir):
     weights = classify.class_weights(classify.load_split()[0])
     train_rows = classify.load_split()[0][:16]
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    losses = classify.train(model, tokenizer, train_rows, tiny_model_dir.parent / "cls", epochs=1, batch_size=8,
-                            weights=weights)
+    losses = _train_like_the_notebook(model, tokenizer, train_rows, tiny_model_dir.parent / "cls", weights)
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any("score" in n for n in changed) and any("lora_B" in n for n in changed)

@@ -80,17 +80,18 @@ def test_measure_reports_reward_rules_ties_and_words(rules):
     m = grpo.measure(groups, rules["RULES"])
     assert m["reward"] == pytest.approx((3 + 3 + 2 + 1) / 4)
     assert m["rules"] == {"signs_off": 0.75, "brief": 0.75, "says_something": 0.75}
-    assert m["zero_variance_group_share"] == 0.5  # the first group ties, the second does not
+    assert m["tied_groups"] == 0.5  # the first group ties, the second does not
     assert m["words_per_answer"] == pytest.approx((6 + 6 + 2 + 20) / 4, abs=0.05)
 
 
 def test_curve_and_zero_variance_share_read_trls_log():
-    log = [{"step": 1, "loss": 0.1, "reward": 1.5, "frac_reward_zero_std": 0.25, "rewards/brief/mean": 0.5,
-            "rewards/brief/std": 0.5},
+    log = [{"step": 1, "loss": 0.1, "reward": 1.5, "frac_reward_zero_std": 0.25, "rewards/brief/mean": 0.4,
+            "rewards/brief/std": 0.7},
            {"step": 2, "loss": 0.0, "reward": 2.0, "frac_reward_zero_std": 0.75, "rewards/brief/mean": 1.0},
            {"step": 2, "train_runtime": 9.0}]
     rows = grpo.curve(log)
-    assert [r["step"] for r in rows] == [1, 2] and rows[0]["brief"] == 0.5 and "brief/std" not in str(rows)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["brief"] == 0.4 and rows[1]["brief"] == 1.0
+    assert all(0.7 not in r.values() for r in rows)  # the std columns are left out
     assert grpo.zero_variance_share(log) == 0.5
     assert math.isnan(grpo.zero_variance_share([{"step": 1, "train_runtime": 1.0}]))
 
@@ -115,6 +116,14 @@ def test_full_marks_lists_only_answers_that_pass_every_rule_shortest_first(rules
     table = grpo.full_marks(rows, groups, rules["RULES"])
     assert table["prompt"].tolist() == ["q2", "q1"]
     assert table["answer (full reward)"].tolist()[0].startswith("Sun, soil")
+
+
+def test_sampling_more_than_one_answer_needs_a_temperature(tiny_model_dir):
+    from course_lib import evaluate, models
+
+    model, tokenizer = models.load(str(tiny_model_dir))
+    with pytest.raises(ValueError, match="temperature above 0"):
+        evaluate.generate(model, tokenizer, ["hi"], max_new_tokens=2, samples=3, temperature=0.0)
 
 
 def test_sampling_gives_a_group_per_prompt(tiny_model_dir):

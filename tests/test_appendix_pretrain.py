@@ -77,6 +77,18 @@ def test_blocks_have_the_asked_shape_and_short_text_is_an_error(tokenizer):
         pretrain.blocks(tokenizer, "too short", seq_len=64)
 
 
+def tiny_llama(tokenizer, hidden_size: int, num_layers: int, num_heads: int, intermediate_size: int):
+    """A randomly initialized Llama like notebook A1's (its config cell), small enough for a unit test."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
 def test_schedule_warms_up_then_decays_to_a_tenth():
     factor = pretrain.warmup_cosine(100, 10)
     lrs = [factor(s) for s in range(100)]
@@ -87,7 +99,7 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
 
 
 def test_the_notebooks_step_updates_clears_gradients_and_follows_the_schedule(tokenizer):
-    model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    model = tiny_llama(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
     step = notebook_step_factory()(model, learning_rate=1e-3, steps=20, warmup=4)
     optimizer = next(c.cell_contents for c in step.__closure__ if isinstance(c.cell_contents, torch.optim.Optimizer))
     batch = pretrain.blocks(tokenizer, "Return the number of items in the container.\n" * 40, 16)[:2]
@@ -104,7 +116,7 @@ def test_the_notebooks_step_updates_clears_gradients_and_follows_the_schedule(to
 def trained(corpus, tokenizer):
     """A 2-layer model pretrained for 60 steps on the real corpus (a few seconds)."""
     torch.manual_seed(0)
-    model = pretrain.build_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    model = tiny_llama(tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
     train_blocks = pretrain.blocks(tokenizer, corpus[0][:200_000], 64)
     val_blocks = pretrain.blocks(tokenizer, corpus[1][:20_000], 64)
     step = notebook_step_factory()(model, learning_rate=1e-2, steps=60, warmup=5)
@@ -150,7 +162,7 @@ def test_bits_per_byte_is_tokenizer_independent_for_a_uniform_model(tokenizer):
     """A model that predicts uniformly pays log2(vocab) bits per token: per byte, tokens/byte times that."""
     import math
 
-    model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    model = tiny_llama(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()  # all logits 0: a uniform prediction
@@ -172,7 +184,7 @@ def test_notebook_pretrains_and_instruction_tunes(executed):
 
 
 def test_plan_steps_stays_within_its_bounds_and_leaves_the_model_untouched(tokenizer):
-    model = pretrain.build_model(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
+    model = tiny_llama(tokenizer, hidden_size=32, num_layers=1, num_heads=1, intermediate_size=64)
     blocks = pretrain.blocks(tokenizer, "Return the number of items in the container.\n" * 40, 16)
     before = [p.detach().clone() for p in model.parameters()]
     make_step = notebook_step_factory()

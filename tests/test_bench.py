@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("trainer_speedup", "trainer_mfu", "mem_lora_over_full", "mem_qlora_over_lora", "nf4_size_ratio",
-        "nf4_ppl_ratio", "int8_ppl_ratio", "serve_decode_speedup", "course_seconds")
+        "nf4_ppl_ratio", "int8_ppl_ratio", "int8_weight_only_ppl_ratio", "int8_weight_only_size_ratio",
+        "serve_decode_speedup", "course_seconds")
 
 
 def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
@@ -38,3 +39,9 @@ def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
     assert 0 < figures["trainer_mfu"] < 1.5  # a fraction of the measured peak (wide: timers are coarse)
     assert figures["naive_new_tokens"] == figures["decode_new_tokens"]  # both loops decode the same answer
     assert "trainer useful tokens/s" in done.stdout  # the table is printed
+    # llama.cpp's server beside the course server: measured, or a sentence saying why not
+    if "llama_cpp_skipped" not in figures:
+        for key in ("serve_vs_llama_cpp_bs1", "serve_vs_llama_cpp_32_clients"):
+            assert figures[key] > 0, key
+        assert figures["llama_cpp_answered"] == "4/4"
+    assert figures["cpu"] and figures["cpu"] != "x86_64"  # lscpu's model name, beside every timing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -109,3 +110,9 @@ def test_notebook_00_records_plan_vs_measurement(executed):
         # the small run (seq 128 x batch 2, 2 steps) keeps the default model's 25% margin
         assert _within(estimate, measured, 0.25), (method, estimate, measured)
         assert figures["memory"][method]["ratio"] == pytest.approx(estimate / measured, rel=0.01)
+
+
+def test_the_low_memory_hint_points_at_the_planner_and_types_no_figure():
+    from course_lib import env
+
+    assert "planner" in env.LOW_MEMORY_HINT and not re.search(r"\d\s*GB", env.LOW_MEMORY_HINT)

@@ -15,7 +15,7 @@ from course_lib import quantize, runtimes
 from course_lib.quantize import variants
 from course_lib.quantize.variants import _load_fp32
 
-TORCH_VARIANTS = ("fp32", "bf16", "int8_dynamic", "bnb_int8", "nf4", "pruned")
+TORCH_VARIANTS = ("fp32", "bf16", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", "pruned")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_notebook_04_small_run_records_every_variant(executed):
     assert entry["status"] == "ok", entry.get("error")
     figures = entry["figures"]
     assert abs(figures["merged_ppl_ratio"] - 1) <= 1e-3
-    for variant in ("fp32", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx"):
+    for variant in ("fp32", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", "pruned", "onnx"):
         for key in ("size_mb", "size_ratio", "ppl_ratio", "ms_per_token", "persona_score"):
             assert f"{variant}_{key}" in figures, f"{variant}_{key}"
     assert figures["onnx_max_abs_logit_diff"] < 1e-3

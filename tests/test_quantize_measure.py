@@ -86,7 +86,7 @@ def wide_dir(tmp_path_factory, default_tokenizer):
 
 
 @pytest.mark.parametrize("variant, options", [
-    ("bf16", {}), ("int8_dynamic", {}), ("bnb_int8", {}), ("nf4", {}), ("nf4", {"double_quant": False}),
+    ("bf16", {}), ("int8_dynamic", {}), ("int8_weight_only", {}), ("bnb_int8", {}), ("nf4", {}), ("nf4", {"double_quant": False}),
     ("pruned", {"sparsity": 0.5}), ("onnx", {}), ("gguf", {"gguf_type": "q8_0"}),
 ])
 def test_sizes_shrink_as_bytes_per_parameter_predict(wide_dir, tmp_path, variant, options):
@@ -101,7 +101,7 @@ def test_sizes_shrink_as_bytes_per_parameter_predict(wide_dir, tmp_path, variant
         contents = quantize.gguf_contents(next((tmp_path / "gguf").glob("*.gguf")))
         assert 0.5 < contents["metadata_mb"] < 4 and contents["chat_template"]
         measured -= contents["metadata_mb"] * 1e6
-    if variant in ("int8_dynamic", "bnb_int8", "nf4"):
+    if variant in ("int8_dynamic", "int8_weight_only", "bnb_int8", "nf4"):
         # Judge the quantized part alone (the fp32 rest is the same in both): within 4% + 64 KB of metadata.
         quantized_part = predicted - 4 * (split["total"] - split["linear"])
         assert abs(measured - predicted) < 0.04 * quantized_part + 64_000, (variant, options, measured, predicted)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 import tarfile
 
+import numpy as np
 import pytest
 
 from course_lib import quantize, runtimes
-from course_lib.quantize.measure import _free
+from course_lib.quantize.measure import _free, weight_bytes
 from course_lib.quantize.variants import _load_fp32
 
 # --------------------------------------------------------------------------- every variant
@@ -117,6 +118,31 @@ def test_int8_dynamic_can_keep_chosen_layers_in_fp32(merged, tokenizer, data, tm
     assert any("down_proj kept fp32" in note for note in built.notes)
     result = quantize.measure(built, tokenizer, data)  # what exercise 3 runs
     assert math.isfinite(result.ppl) and len(result.answers) == len(data.items)
+
+
+# --------------------------------------------------------------------------- weight-only int8 (torchao)
+
+
+def test_int8_weight_only_stores_int8_rows_and_keeps_the_answers_close(merged, tokenizer, data, tmp_path):
+    """One scale per output row, activations untouched: logits stay close to fp32's, the file shrinks."""
+    import torch
+
+    fp32 = quantize.build("fp32", merged.folder, tmp_path)
+    built = quantize.build("int8_weight_only", merged.folder, tmp_path)
+    try:
+        q_proj = built.runner.model.model.layers[0].self_attn.q_proj.weight
+        assert q_proj.qdata.dtype == torch.int8 and q_proj.scale.numel() == q_proj.shape[0]
+        assert built.runner.model.model.embed_tokens.weight.dtype == torch.float32  # not a Linear
+        layer = built.runner.model.model.layers[0]
+        fp32_layer = fp32.runner.model.model.layers[0]
+        assert weight_bytes(layer) < 0.3 * weight_bytes(fp32_layer)  # int8 rows and a scale each: about a quarter
+        ids = list(data.latency_prompt)
+        close = np.allclose(built.runner.logits(ids), fp32.runner.logits(ids), atol=0.05, rtol=0.05)
+        assert close, "weight-only int8 moved the logits more than rounding the weights should"
+        result = quantize.measure(built, tokenizer, data)
+        assert math.isfinite(result.ppl) and len(result.answers) == len(data.items)
+    finally:
+        _free(built.runner, fp32.runner)
 
 
 # --------------------------------------------------------------------------- wrap: what the notebook made, measurable

@@ -4,7 +4,9 @@ The classification track (appendix A3) reuses the default chat model's body as a
 ``AutoModelForSequenceClassification`` puts a small linear ``score`` head (hidden size -> 3
 labels) on the last token's hidden state; the notebook's ``LoraConfig`` adapts the attention of
 the top layers (``top_layers``), and the head, new and randomly initialized, is trained in full
-(``modules_to_save``). ``prepare`` loads the model and applies that config.
+(``modules_to_save``). ``prepare`` loads the model and applies that config; the notebook trains it
+with transformers' ``Trainer`` in a cell of its own, fed by ``dataset`` and, for class weights,
+``weighted_loss``.
 
 Real reviews are mostly positive, so a model can look accurate by always saying "positive".
 Two guards: report **macro-F1** (the mean F1 over classes: a class never predicted scores 0)
@@ -180,7 +182,9 @@ def prepare(model_name: str, lora_config, seed: int = 0):
     return get_peft_model(model, copy.deepcopy(lora_config)), tokenizer  # a copy: PEFT fills in the config
 
 
-def _dataset(records: list[dict], tokenizer, max_length: int):
+def dataset(records: list[dict], tokenizer, max_length: int):
+    """Reviews as a tokenized ``datasets.Dataset`` with a ``labels`` column (label indexes), unpadded:
+    ``DataCollatorWithPadding`` pads each batch to its longest review."""
     from datasets import Dataset
 
     ds = Dataset.from_list([{"text": r["text"], "labels": LABELS.index(r["label"])} for r in records])
@@ -200,30 +204,6 @@ def weighted_loss(weights):
     return loss
 
 
-def train(model, tokenizer, records: list[dict], out_dir, epochs: float = 3, batch_size: int = 8,
-          learning_rate: float = 1e-3, weights=None, max_length: int = 96, seed: int = 0):
-    """The Trainer from notebook 02 with one change: the loss may weight the classes."""
-    from transformers import (
-        DataCollatorWithPadding,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-    )
-
-    # Its own TrainingArguments, not train.fit: a classifier trains on padded batches of whole reviews
-    # with one label each, not on padding-free chats with answer-only labels.
-    args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-                             learning_rate=learning_rate, lr_scheduler_type="linear", warmup_steps=0,
-                             logging_steps=1, save_strategy="no", report_to=[], seed=seed, use_cpu=True,
-                             disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=_dataset(records, tokenizer, max_length),
-                      data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_loss_func=weighted_loss(weights) if weights else None)
-    trainer.remove_callback(PrinterCallback)  # the notebook prints a summary, not one line per step
-    trainer.train()
-    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
-
-
 def predict(model, tokenizer, texts: list[str], batch_size: int = 16, max_length: int = 96) -> list[str]:
     import torch
 
@@ -232,7 +212,7 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 16, max_length
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
+                              max_length=max_length, return_tensors="pt").to(model.device)
             out += [LABELS[i] for i in model(**batch).logits.argmax(-1).tolist()]
     return out
 

@@ -63,13 +63,14 @@ def rule_table(answers: list[str], reward_funcs):
 
 
 def measure(groups: list[list[str]], reward_funcs) -> dict:
-    """Mean total reward, each rule's pass rate, and the share of groups whose answers all scored the same."""
+    """Mean total reward, each rule's pass rate, the share of groups whose answers all scored the same
+    (``tied_groups``), and the mean words per answer."""
     answers = [a for group in groups for a in group]
     scored = rule_scores(answers, reward_funcs)
     group_totals = [totals(group, reward_funcs) for group in groups]
     return {"reward": round(statistics.fmean(t for group in group_totals for t in group), 3),
             "rules": {name: round(statistics.fmean(values), 3) for name, values in scored.items()},
-            "zero_variance_group_share": round(sum(len(set(t)) == 1 for t in group_totals) / len(groups), 3),
+            "tied_groups": round(sum(len(set(t)) == 1 for t in group_totals) / len(groups), 3),
             "words_per_answer": round(statistics.fmean(len(a.split()) for a in answers), 1)}
 
 
@@ -130,7 +131,7 @@ def summary_table(before: dict, after: dict[int, dict]):
 
     rows = {"before": before, **{f"after, seed {seed}": m for seed, m in after.items()}}
     return pd.DataFrame([{"model": name, "reward": m["reward"], **m["rules"],
-                          "groups that all tie": m["zero_variance_group_share"], "words per answer": m["words_per_answer"]}
+                          "groups that all tie": m["tied_groups"], "words per answer": m["words_per_answer"]}
                          for name, m in rows.items()]).set_index("model")
 
 

@@ -8,7 +8,8 @@ miniature:
 2. **instruction tuning**: the same loss on ChatML conversations, counted on the answers only;
 3. **personalization** with LoRA: the main course.
 
-The notebook writes the training step itself, with plain PyTorch calls (forward, loss, backward,
+The notebook builds the model itself (``LlamaConfig``, ``LlamaForCausalLM``) and writes the training
+step with plain PyTorch calls (forward, loss, backward,
 clip, optimizer step, schedule step, zero the gradients), and passes it in: ``plan_steps`` times
 that step, ``pretrain`` and ``instruction_tune`` are the loops around it (draw a batch, call the
 step, measure at checkpoints). The notebook does not use the Trainer on purpose: notebook 02
@@ -73,23 +74,6 @@ def train_tokenizer(text: str, vocab_size: int = 4096):
                                    pad_token="<|endoftext|>", unk_token=None)
     fast.chat_template = CHATML
     return fast
-
-
-def build_model(tokenizer, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
-                intermediate_size: int = 688, max_length: int = 256, seed: int = 0):
-    """A randomly initialized Llama: the default model's architecture, narrower and much shallower."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_length, tie_word_embeddings=True, use_cache=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
 
 
 def blocks(tokenizer, text: str, seq_len: int = 128):

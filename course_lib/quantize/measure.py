@@ -44,7 +44,10 @@ def weight_bytes(model) -> int:
 
     def add(value):
         nonlocal total
-        if isinstance(value, torch.Tensor):
+        if hasattr(value, "__tensor_flatten__"):  # a tensor subclass (torchao's int8): count what it holds
+            for name in value.__tensor_flatten__()[0]:
+                add(getattr(value, name))
+        elif isinstance(value, torch.Tensor):
             key = (value.untyped_storage().data_ptr() if value.numel() else id(value), value.dtype, value.numel())
             if key not in seen:
                 seen.add(key)
@@ -325,7 +328,7 @@ def parameter_split(model_dir) -> dict:
     embedding = model.get_input_embeddings().weight.numel()
     linear = sum(m.weight.numel() for m in linears)
     return {"total": total, "linear": linear, "embedding": embedding, "other": total - linear - embedding,
-            "linear_rows": sum(m.out_features for m in linears),
+            "linear_rows": sum(m.out_features for m in linears), "vocab": model.get_input_embeddings().num_embeddings,
             "tied": bool(getattr(config, "tie_word_embeddings", False))}
 
 
@@ -345,6 +348,9 @@ def predict_bytes(variant: str, split: dict, gguf_type: str = "q8_0", double_qua
         return linear + 4 * rest + untied_head  # the output layer becomes an int8 copy of the embedding
     if variant == "bnb_int8":
         return linear + 4 * split["linear_rows"] + 4 * rest  # one fp32 scale per output row
+    if variant == "int8_weight_only":  # one fp32 scale per output row, the output layer an int8 copy too
+        head_rows = split["vocab"] if split["tied"] else 0
+        return linear + 4 * split["linear_rows"] + 4 * rest + untied_head + 4 * head_rows
     if variant == "nf4":
         bits = 4 + 8 / 64 + 32 / (64 * 256) if double_quant else 4 + 32 / 64
         return linear * bits / 8 + 4 * rest

@@ -33,11 +33,12 @@ from course_lib.runtimes import (
 )
 
 # What notebook 04 measures by default (bf16 is one click away in its panel).
-DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
+DEFAULT_VARIANTS = ("fp32", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
 RUNTIMES = {"onnx": "ONNX Runtime", "gguf": "llama.cpp"}
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")  # what llama.cpp's converter writes by itself
 # What the table's notes column says of a variant, whoever built it (the notebook or a builder).
-NOTES = {"int8_dynamic": "embedding stays fp32, output layer gets an int8 copy", "bnb_int8": "embedding stays fp32",
+NOTES = {"int8_dynamic": "embedding stays fp32, output layer gets an int8 copy",
+         "int8_weight_only": "embedding stays fp32, output layer gets an int8 copy", "bnb_int8": "embedding stays fp32",
          "nf4": "embedding stays fp32", "onnx": "tied embedding stored twice"}
 
 
@@ -387,6 +388,21 @@ def build_int8_dynamic(model_dir: Path, out: Path, options: Options) -> Built:
     return wrap("int8_dynamic", model, out)
 
 
+@runtimes.quiet()
+def build_int8_weight_only(model_dir: Path, out: Path, options: Options) -> Built:
+    """torchao weight-only INT8: int8 weights with one scale per output row, activations stay fp32."""
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    # Only the weights are rounded, each row of a matrix with its own scale; the activations, where
+    # this model's outliers live, are never quantized. quantize_ converts every nn.Linear in place:
+    # the embedding is not one and stays fp32, the output layer that shared it gets its own int8 copy.
+    model = _load_fp32(model_dir)
+    quantize_(model, Int8WeightOnlyConfig())
+    torch.save(model.state_dict(), out / "model.pt")  # torchao's int8 tensors are saved with torch.save
+    return wrap("int8_weight_only", model, out)
+
+
 def _bitsandbytes(variant: str, model_dir: Path, out: Path, quant) -> Built:
     """Load MODEL_DIR quantized by bitsandbytes with QUANT (a BitsAndBytesConfig) and save it."""
     import torch
@@ -445,10 +461,11 @@ def build_gguf(model_dir: Path, out: Path, options: Options) -> Built:
 
 # The registry: variant name -> its builder, in the order the table lists them.
 BUILDERS = {
-    "fp32": build_fp32, "bf16": build_bf16, "int8_dynamic": build_int8_dynamic, "bnb_int8": build_bnb_int8,
-    "nf4": build_nf4, "pruned": build_pruned, "onnx": build_onnx, "gguf": build_gguf,
+    "fp32": build_fp32, "bf16": build_bf16, "int8_dynamic": build_int8_dynamic,
+    "int8_weight_only": build_int8_weight_only, "bnb_int8": build_bnb_int8, "nf4": build_nf4,
+    "pruned": build_pruned, "onnx": build_onnx, "gguf": build_gguf,
 }
-VARIANTS = tuple(BUILDERS)  # ("fp32", "bf16", "int8_dynamic", "bnb_int8", "nf4", "pruned", "onnx", "gguf")
+VARIANTS = tuple(BUILDERS)  # ("fp32", "bf16", "int8_dynamic", "int8_weight_only", "bnb_int8", "nf4", ...)
 
 
 def build(variant: str, model_dir, work_dir, sparsity: float = 0.2, gguf_type: str = "q8_0",

@@ -68,14 +68,34 @@ def ask(client, url: str, question: str, max_new_tokens: int) -> Reply:
     return Reply(question, 200, body["text"], body["completion_tokens"], seconds)
 
 
+def ask_chat(client, url: str, question: str, max_new_tokens: int) -> Reply:
+    """One greedy ``POST /v1/chat/completions``: the OpenAI route, which other servers (llama.cpp's) share."""
+    started = time.perf_counter()
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens, "temperature": 0}
+    try:
+        response = client.post(f"{url}/v1/chat/completions", json=body)
+    except Exception as error:  # a refused or dropped connection is a lost request, and counted as one
+        return Reply(question, 0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
+    seconds = time.perf_counter() - started
+    if response.status_code != 200:
+        return Reply(question, response.status_code, seconds=seconds, error=response.text[:200])
+    answer = response.json()
+    return Reply(question, 200, answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"], seconds)
+
+
 def run(url: str, questions: list[str], clients: int = 32, max_new_tokens: int = 48,
-        timeout_s: float = 600) -> LoadResult:
-    """Send every question once, CLIENTS at a time (each client sends its share back to back)."""
+        timeout_s: float = 600, route: str = "generate") -> LoadResult:
+    """Send every question once, CLIENTS at a time (each client sends its share back to back).
+
+    ROUTE: "generate" (the course server's ``/generate``) or "chat" (``/v1/chat/completions``).
+    """
     import httpx
+
+    asker = {"generate": ask, "chat": ask_chat}[route]
 
     def client_loop(share: list[tuple[int, str]]) -> list[tuple[int, Reply]]:
         with httpx.Client(timeout=timeout_s) as client:
-            return [(i, ask(client, url, q, max_new_tokens)) for i, q in share]
+            return [(i, asker(client, url, q, max_new_tokens)) for i, q in share]
 
     numbered = list(enumerate(questions))
     shares = [numbered[c::clients] for c in range(clients)]
