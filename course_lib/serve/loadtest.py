@@ -13,6 +13,7 @@ sockets cost nothing next to the model.
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,10 +69,18 @@ def ask(client, url: str, question: str, max_new_tokens: int) -> Reply:
     return Reply(question, 200, body["text"], body["completion_tokens"], seconds)
 
 
-def ask_chat(client, url: str, question: str, max_new_tokens: int) -> Reply:
+def served_model(url: str) -> str:
+    """The id a server lists first at OpenAI's ``GET /v1/models`` (a chat request must name its model)."""
+    import httpx
+
+    return httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+
+
+def ask_chat(client, url: str, question: str, max_new_tokens: int, model: str = "") -> Reply:
     """One greedy ``POST /v1/chat/completions``: the OpenAI route, which other servers (llama.cpp's) share."""
     started = time.perf_counter()
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens, "temperature": 0}
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens,
+            "temperature": 0}
     try:
         response = client.post(f"{url}/v1/chat/completions", json=body)
     except Exception as error:  # a refused or dropped connection is a lost request, and counted as one
@@ -91,7 +100,7 @@ def run(url: str, questions: list[str], clients: int = 32, max_new_tokens: int =
     """
     import httpx
 
-    asker = {"generate": ask, "chat": ask_chat}[route]
+    asker = functools.partial(ask_chat, model=served_model(url)) if route == "chat" else ask
 
     def client_loop(share: list[tuple[int, str]]) -> list[tuple[int, Reply]]:
         with httpx.Client(timeout=timeout_s) as client:
