@@ -55,18 +55,23 @@ class LoadResult:
                 "wall_seconds": round(self.wall_seconds, 2)}
 
 
-def ask(client, url: str, question: str, max_new_tokens: int) -> Reply:
-    """One ``POST /generate`` (greedy), timed from the client's side."""
+def _timed_post(client, url: str, question: str, body: dict, read) -> Reply:
+    """POST BODY to URL, timed from the client's side; READ turns a 200's JSON into (text, completion tokens)."""
     started = time.perf_counter()
     try:
-        response = client.post(f"{url}/generate", json={"prompt": question, "max_new_tokens": max_new_tokens})
+        response = client.post(url, json=body)
     except Exception as error:  # a refused or dropped connection is a lost request, and counted as one
         return Reply(question, 0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
     seconds = time.perf_counter() - started
     if response.status_code != 200:
         return Reply(question, response.status_code, seconds=seconds, error=response.text[:200])
-    body = response.json()
-    return Reply(question, 200, body["text"], body["completion_tokens"], seconds)
+    return Reply(question, 200, *read(response.json()), seconds)
+
+
+def ask(client, url: str, question: str, max_new_tokens: int) -> Reply:
+    """One ``POST /generate`` (greedy), timed from the client's side."""
+    return _timed_post(client, f"{url}/generate", question, {"prompt": question, "max_new_tokens": max_new_tokens},
+                       lambda body: (body["text"], body["completion_tokens"]))
 
 
 def served_model(url: str) -> str:
@@ -78,18 +83,10 @@ def served_model(url: str) -> str:
 
 def ask_chat(client, url: str, question: str, max_new_tokens: int, model: str = "") -> Reply:
     """One greedy ``POST /v1/chat/completions``: the OpenAI route, which other servers (llama.cpp's) share."""
-    started = time.perf_counter()
     body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": max_new_tokens,
             "temperature": 0}
-    try:
-        response = client.post(f"{url}/v1/chat/completions", json=body)
-    except Exception as error:  # a refused or dropped connection is a lost request, and counted as one
-        return Reply(question, 0, seconds=time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
-    seconds = time.perf_counter() - started
-    if response.status_code != 200:
-        return Reply(question, response.status_code, seconds=seconds, error=response.text[:200])
-    answer = response.json()
-    return Reply(question, 200, answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"], seconds)
+    return _timed_post(client, f"{url}/v1/chat/completions", question, body,
+                       lambda answer: (answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"]))
 
 
 def run(url: str, questions: list[str], clients: int = 32, max_new_tokens: int = 48,
