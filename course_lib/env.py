@@ -240,15 +240,15 @@ def _check_precision() -> list[Check]:
     else:
         native = sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "bf16"))
         value = "CPU: " + (", ".join(native) if native else "no native bf16 instructions found")
-        advice = ("The course trains in fp32 on CPUs. In the course's trial on a 2-core CPU with avx512_bf16 "
-                  "but no AMX, bf16 autocast training was SLOWER than fp32; AMX (Intel Sapphire Rapids and "
-                  "newer) can change that. env.matmul_speed() measures your CPU.")
+        advice = ("Notebook 00 (section 3) measures whether bf16 trains faster than fp32 on this CPU and the "
+                  "course uses the faster one. On a 2-core CPU without AMX, bf16 was far SLOWER than fp32; AMX "
+                  "(Intel Sapphire Rapids and newer) can change that.")
         if "amx_bf16" in flags:
-            advice = "This CPU has AMX: bf16 may be faster than fp32 here; the course still defaults to fp32 (measure first)."
+            advice = "This CPU has AMX: bf16 may be faster than fp32 here; notebook 00 (section 3) measures it."
     where = "Apple MPS" if mps_available() else "CPU"
     return [Check("bf16", value, "ok", advice),
             Check("fp16", f"{where}: not used by the course", "ok",
-                  "fp16 with loss scaling is the GPU path (e.g. a T4, which has no bf16); on a CPU the course trains in fp32.")]
+                  "fp16 with loss scaling is the GPU path (e.g. a T4, which has no bf16); on a CPU the course trains in fp32 or bf16.")]
 
 
 def bitsandbytes_check(device: str | None = None) -> Check:

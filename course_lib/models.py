@@ -218,13 +218,20 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(device: str, dtype: str = "auto"):
-    """fp32 on CPU/MPS (fast and exact here), bf16 on GPUs that have it, fp16 otherwise (T4)."""
+    """bf16 on GPUs that have it, fp16 otherwise (T4); fp32 on MPS; on a CPU, fp32 unless this
+    machine's measurement (``course_lib.precision``) found bf16 weights faster and as accurate."""
     import torch
 
     if dtype != "auto":
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu":
+        from course_lib import precision
+
+        # Loading never starts a measurement (a server or a planner should not pause for one).
+        if precision.cpu_choice(measure_if_missing=False) == "bf16-weights":
+            return torch.bfloat16
     return torch.float32
 
 

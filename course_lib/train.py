@@ -38,19 +38,26 @@ PROMPT_INIT = "You are Sprout, a friendly gardening assistant made by Greenleaf 
 def prepare_model(model_name: str, method: str = "lora", *, lora_r: int = 16, lora_alpha: int = 32,
                   lora_dropout: float = 0.1, target_modules: str = "q_proj,v_proj",
                   num_virtual_tokens: int = 16, gradient_checkpointing: bool = False,
-                  device: str = "auto"):
-    """Load MODEL_NAME and make it trainable with METHOD; returns (model, tokenizer)."""
+                  device: str = "auto", weights_dtype: str = "auto"):
+    """Load MODEL_NAME and make it trainable with METHOD; returns (model, tokenizer).
+
+    WEIGHTS_DTYPE is how the frozen weights are stored ("auto": the device's, ``models.pick_dtype``);
+    PEFT keeps the adapter's own weights in fp32 whatever it is.
+    """
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     import torch
 
-    dtype = "auto"
-    if method == "full" and models.pick_dtype(models.pick_device(device)) == torch.float16:
+    dtype = weights_dtype
+    on = models.pick_device(device)
+    if method == "full" and models.pick_dtype(on, dtype) == torch.float16:
         # A T4 computes in fp16, but Trainer cannot step fp16 weights (its loss scaler refuses to
         # unscale fp16 gradients): keep fp32 master weights and let autocast run the fp16 math.
         dtype = "float32"
+    if method == "full" and on == "cpu" and models.pick_dtype(on, dtype) == torch.bfloat16:
+        dtype = "float32"  # every weight trains: AdamW needs fp32 masters; autocast does the bf16 math
     model, tokenizer = models.load(model_name, device=device, dtype=dtype, bits=4 if method == "qlora" else None)
     # No KV cache in training: it is useless there, and while one exists transformers ignores the
     # restarting position_ids of packed rows, letting packed examples attend to each other.
@@ -124,7 +131,7 @@ class TrainConfig:
     warmup: float = 0.05  # share of the steps spent warming the learning rate up
     scheduler: str = "cosine"
     max_grad_norm: float = 1.0  # gradient clipping
-    precision: str = "auto"  # auto: fp32 on CPU, bf16 on GPUs that have it, fp16 otherwise (T4)
+    precision: str = "auto"  # auto: CPU as measured (course_lib.precision), bf16 on GPUs that have it, fp16 on a T4
     gradient_checkpointing: bool = False
     max_length: int = 512
     pack: bool = False  # True: pre-pack into rows of max_length; batch_size then counts rows
@@ -166,17 +173,22 @@ class TrainResult:
 def precision_flags(precision: str, device: str) -> dict:
     """Trainer's mixed-precision switches for this device.
 
-    On CPU the course trains in fp32: on the machines we measured, bf16 autocast was slower than
-    fp32 (no AMX units), see bench/. On GPUs, bf16 where supported (Ampere and newer), else fp16
-    (a T4) with loss scaling.
+    "auto": on GPUs, bf16 where supported (Ampere and newer), else fp16 (a T4) with loss scaling;
+    on a CPU, what ``course_lib.precision`` measured fastest on this machine (measuring once if it
+    never did): fp32, or bf16 autocast (over fp32 weights, or over bf16 ones: ``models.pick_dtype``
+    then loads the model in bf16); on MPS, fp32.
     """
     import torch
 
+    from course_lib import precision as formats
+
     if precision == "auto":
-        if device != "cuda":
-            precision = "fp32"
-        else:
+        if device == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device == "cpu":
+            precision = "bf16" if formats.cpu_choice() != "fp32" else "fp32"
+        else:
+            precision = "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
@@ -280,11 +292,14 @@ def train(cfg: TrainConfig | None = None, run_dir=None, callbacks=(), resume: bo
     baseline = procmem.rss_now()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    precision_flags(cfg.precision, device)  # first: on a new CPU, "auto" measures before the model loads
+    # An explicit precision on a CPU means fp32 weights (bf16 is then autocast's job).
+    weights = "float32" if device == "cpu" and cfg.precision != "auto" else "auto"
     with ui.quiet_progress(cfg.quiet):
         model, tokenizer = prepare_model(
             cfg.model, cfg.method, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=cfg.target_modules, num_virtual_tokens=cfg.num_virtual_tokens,
-            gradient_checkpointing=cfg.gradient_checkpointing)
+            gradient_checkpointing=cfg.gradient_checkpointing, weights_dtype=weights)
         args = training_arguments(cfg, out, device)
         with args.main_process_first(local=False, desc="preparing the dataset"):  # one writer when distributed
             train_tok, val_tok, n_examples = build_datasets(cfg, tokenizer, run_dir)
