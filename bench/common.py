@@ -32,8 +32,8 @@ def run_worker(module: str, args: dict, threads: int, timeout: float = 3600) -> 
         return json.loads(out.read_text())
 
 
-def matmul_peak_gflops(threads: int, sizes=(256, 512, 1024, 2048), repeats: int = 8) -> float:
-    """The best fp32 ``torch.matmul`` rate of this machine at THREADS threads, in GFLOP/s.
+def matmul_peak_gflops(threads: int, sizes=(256, 512, 1024, 2048), repeats: int = 8, dtype=None) -> float:
+    """The best fp32 (or DTYPE) ``torch.matmul`` rate of this machine at THREADS threads, in GFLOP/s.
 
     MFU's denominator: the fastest square product (2 n^3 FLOPs) among SIZES, at the thread count
     the training used, best of REPEATS rounds (other work on a shared machine can only slow a
@@ -49,7 +49,7 @@ def matmul_peak_gflops(threads: int, sizes=(256, 512, 1024, 2048), repeats: int 
     try:
         best_rate = 0.0
         for n in sizes:
-            a, b = torch.randn(n, n), torch.randn(n, n)
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             torch.matmul(a, b)  # warm-up: thread pool and caches
             best = float("inf")
             for _ in range(repeats if n <= 1024 else 3):

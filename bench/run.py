@@ -23,22 +23,25 @@ from bench import course, quantization, serving, training  # noqa: E402
 # Sizes per profile: the full run, --quick (<= 10 minutes on the course machine), --smoke (the test).
 PROFILES = {
     "full": dict(train=dict(examples=64, val_examples=32, batch_size=8, rounds=2),
+                 precision=dict(seq_len=64, batch_size=4, steps=2, new_tokens=16),
                  ladder=dict(seq_len=256, batch_size=4, steps=3),
                  quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4", "bnb_int8"), examples=32, latency_tokens=32),
                  decode=dict(new_tokens=64, rounds=3),
                  load=dict(clients=32, questions=64, sequential=8, new_tokens=48)),
     "quick": dict(train=dict(examples=16, val_examples=16, batch_size=8, rounds=1),
+                  precision=dict(seq_len=32, batch_size=2, steps=1, new_tokens=8),
                   ladder=dict(seq_len=128, batch_size=2, steps=2),
                   quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4"), examples=12, latency_tokens=12),
                   decode=dict(new_tokens=32, rounds=2),
                   load=dict(clients=32, questions=32, sequential=4, new_tokens=24)),
     "smoke": dict(train=dict(examples=4, val_examples=2, batch_size=2, rounds=1),
+                  precision=dict(seq_len=8, batch_size=1, steps=1, new_tokens=2),
                   ladder=dict(seq_len=32, batch_size=1, steps=1),
                   quant=dict(names=("fp32", "int8_dynamic", "int8_weight_only", "nf4"), examples=2, latency_tokens=3),
                   decode=dict(new_tokens=4, rounds=1),
                   load=dict(clients=4, questions=4, sequential=2, new_tokens=4)),
 }
-FIGURES = ("train", "ladder", "quant", "serve", "course")
+FIGURES = ("train", "precision", "ladder", "quant", "serve", "course")
 
 # (key, what, target, lower_is_better); a target of None: reported, no target.
 TABLE = [
@@ -46,6 +49,15 @@ TABLE = [
     ("val_loss_rel_diff", "1. |val loss course - naive| / naive", 0.02, True),
     ("trainer_mfu", "2. trainer MFU (6N x tokens/s / matmul peak)", 0.5, False),
     ("trainer_hardware_utilization", "2.   executed FLOPs/s / matmul peak (head skipped on prompts)", None, False),
+    ("mfu_best_peak", "2. trainer MFU against the best matmul peak of any precision", 0.3, False),
+    ("trainer_vs_trl_sft", "1b. trainer speed, course / TRL SFTTrainer (padding-free)", 1.2, False),
+    ("val_loss_rel_diff_trl", "1b. |val loss course - TRL| / TRL", 0.02, True),
+    ("trainer_vs_dynamic_padding", "1b. trainer speed, course / Trainer (dynamic padding, by length)", None, False),
+    ("val_loss_rel_diff_dynamic", "1b. |val loss course - dynamic| / dynamic", None, True),
+    ("precision_choice", "2b. the format precision=\"auto\" picks here", None, False),
+    ("train_tokens_per_s_fp32", "2b. LoRA training tokens/s, fp32", None, False),
+    ("train_tokens_per_s_bf16", "2b. LoRA training tokens/s, bf16 autocast", None, False),
+    ("train_tokens_per_s_bf16_weights", "2b. LoRA training tokens/s, bf16 frozen weights", None, False),
     ("mem_lora_over_full", "3. peak memory LoRA / full", None, True),
     ("speed_lora_over_full", "3.   tokens/s LoRA / full", None, False),
     ("mem_qlora_over_lora", "3. peak memory QLoRA / LoRA", None, True),
@@ -87,6 +99,7 @@ def measure(model: str, run_dir: Path, threads: int, profile: dict, figures, run
     out: dict = {}
     steps = {
         "train": lambda: training.trainer(model, run_dir, threads, **profile["train"]),
+        "precision": lambda: training.precision_speeds(model, **profile["precision"]),
         "ladder": lambda: training.memory_ladder(model, threads, **profile["ladder"]),
         "quant": lambda: quantization.variants(model, run_dir, **profile["quant"]),
         "serve": lambda: {**serving.decode(model, **profile["decode"]),

@@ -1,4 +1,5 @@
-"""Figures 1-3: the course trainer against a naive Trainer, its MFU, and the memory ladder.
+"""Figures 1-3: the course trainer against a naive Trainer and its peers, its MFU, the number formats,
+and the memory ladder.
 
 The trainer comparison trains the SAME model (full fine-tuning), on the SAME examples (the same
 shuffled selection of the persona split, tokenized once by ``course_lib.train.build_datasets``,
@@ -95,6 +96,59 @@ def _naive(args) -> dict:
             "precision": "fp32"}
 
 
+def _peer_arguments(cfg, device: str) -> dict:
+    """The course run's TrainingArguments settings (schedule, precision, seed), for the peer baselines."""
+    from course_lib import train
+
+    return dict(output_dir=cfg.output_dir, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup,
+                lr_scheduler_type=cfg.scheduler, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
+                report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
+                **train.precision_flags(cfg.precision, device))
+
+
+def _peer(args) -> dict:
+    """What a learner would write instead of the course trainer, with the course run's settings:
+
+    - ``trl_sft``: TRL's ``SFTTrainer`` with padding-free batches. It gets the course's tokenized
+      rows (input_ids and answer-only labels, so the very same tokens and loss mask); given
+      ``prompt``/``completion`` records it would build the same mask itself (completion-only loss).
+    - ``dynamic``: ``transformers.Trainer`` padding each batch to its longest example
+      (``DataCollatorForSeq2Seq``) and batching examples of similar length together
+      (``train_sampling_strategy="group_by_length"``, the old ``group_by_length=True``).
+    """
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from course_lib import models, train
+
+    cfg = _config(args)
+    device = models.pick_device()
+    tokenizer = models.load_tokenizer(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_tok, val_tok, _ = train.build_datasets(cfg, tokenizer, Path(args.run_dir))
+    location, kwargs = models.model_location(args.model)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+    model.config.use_cache = False
+    settings = _peer_arguments(cfg, device)
+    if args.mode == "trl_sft":
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(model=model, processing_class=tokenizer,
+                             train_dataset=train_tok.select_columns(["input_ids", "labels"]),
+                             # max_length=None: the rows are already cut to the course's max_length
+                             args=SFTConfig(**settings, padding_free=True, completion_only_loss=True, max_length=None))
+    else:
+        trainer = Trainer(model=model, train_dataset=train_tok.select_columns(["input_ids", "labels", "length"]),
+                          args=TrainingArguments(**settings, train_sampling_strategy="group_by_length",
+                                                 remove_unused_columns=True),
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest"))
+    output = trainer.train()
+    return {"seconds": output.metrics["train_runtime"], "tokens": sum(train_tok["length"]),
+            "val_loss": validation_loss(model, val_tok), "parameters": models.count_parameters(model),
+            "precision": _precision_name(settings)}
+
+
 def worker(argv=None) -> int:
     parser = argparse.ArgumentParser()
     for name, kind in (("mode", str), ("model", str), ("examples", int), ("val_examples", int),
@@ -111,28 +165,37 @@ def worker(argv=None) -> int:
     # come from a busier (or quieter) moment.
     threads = torch.get_num_threads()
     before = matmul_peak_gflops(threads)
-    result = _course(args) if args.mode == "course" else _naive(args)
+    result = {"course": _course, "naive": _naive, "trl_sft": _peer, "dynamic": _peer}[args.mode](args)
     result["peak_gflops"] = max(before, matmul_peak_gflops(threads))
     Path(args.json).write_text(json.dumps(result))
     return 0
 
 
+MODES = ("naive", "trl_sft", "dynamic", "course")
+
+
 def trainer(model: str, run_dir, threads: int, examples: int = 32, val_examples: int = 16, batch_size: int = 8,
             max_length: int = 512, rounds: int = 2) -> dict:
-    """Figures 1 and 2: naive and course runs in turns (A B A B), the best time of each, and MFU."""
+    """Figures 1 and 2: the naive, peer and course runs in turns (A B C D A B C D), the best time of
+    each, and MFU against the fp32 peak and against the best peak of any precision."""
+    import torch
+
     settings = dict(model=model, examples=examples, val_examples=val_examples, batch_size=batch_size,
                     max_length=max_length, run_dir=str(run_dir))
-    runs = {"naive": [], "course": []}
+    runs = {mode: [] for mode in MODES}
     peaks = [matmul_peak_gflops(threads)]
     for _ in range(rounds):
-        for mode in ("naive", "course"):
+        for mode in MODES:
             runs[mode].append(run_worker("bench.training", {"mode": mode, **settings}, threads))
         peaks.append(matmul_peak_gflops(threads))
-    naive = min(runs["naive"], key=lambda r: r["seconds"])
-    course = min(runs["course"], key=lambda r: r["seconds"])
+    best = {mode: min(done, key=lambda r: r["seconds"]) for mode, done in runs.items()}
+    naive, course = best["naive"], best["course"]
     tokens_per_s = course["tokens"] / course["seconds"]
     flops_per_token = 6 * course["parameters"]  # full fine-tuning: forward 2N + backward 4N
     peak = max(peaks + [r["peak_gflops"] for mode in runs.values() for r in mode])
+    # bf16 can be the faster format (AMX): MFU against the best rate of any precision the device has.
+    # Sizes up to 1024 only: where bf16 has no fast kernel, a 2048^3 product takes tens of seconds.
+    bf16_peak = matmul_peak_gflops(threads, sizes=(256, 512, 1024), repeats=3, dtype=torch.bfloat16)
     # The course computes the output layer only where a token is trained on (batches.FlatCollator):
     # the FLOPs it really executes are fewer than 6N per token; their rate is the hardware's utilization.
     executed = 6 * ((course["parameters"] - course["head_parameters"]) * course["tokens"]
@@ -147,7 +210,41 @@ def trainer(model: str, run_dir, threads: int, examples: int = 32, val_examples:
         "matmul_peak_gflops": peak, "model_parameters": course["parameters"], "train_examples": examples,
         "train_tokens": course["tokens"], "padded_tokens": examples * max_length,
         "trainer_rounds": rounds, "course_precision": course["precision"],
+        "mfu_best_peak": flops_per_token * tokens_per_s / (max(peak, bf16_peak) * 1e9),
+        "matmul_peak_gflops_bf16": bf16_peak,
+        **_peers(best),
     }
+
+
+def _peers(best: dict) -> dict:
+    """The course trainer's speed against what a learner would write: TRL's SFTTrainer and a
+    dynamically padded, length-grouped Trainer (same examples, steps, schedule and precision)."""
+    course = best["course"]
+    out = {}
+    for mode, name in (("trl_sft", "trl"), ("dynamic", "dynamic")):
+        peer = best[mode]
+        out[f"trainer_vs_{'trl_sft' if mode == 'trl_sft' else 'dynamic_padding'}"] = ratio(peer["seconds"], course["seconds"])
+        out[f"{name}_tokens_per_s"] = peer["tokens"] / peer["seconds"]
+        out[f"{name}_val_loss"] = peer["val_loss"]
+        out[f"val_loss_rel_diff_{name}"] = abs(course["val_loss"] - peer["val_loss"]) / peer["val_loss"]
+    return out
+
+
+def precision_speeds(model: str, seq_len: int = 64, batch_size: int = 4, steps: int = 2, new_tokens: int = 16) -> dict:
+    """What ``precision="auto"`` would pick here and each format's training and generation speed:
+    ``course_lib.precision.measure`` with every format timed, even one whose probe is slower."""
+    from course_lib import precision
+
+    measured = precision.measure(model, always=True, seq_len=seq_len, batch_size=batch_size, steps=steps,
+                                 new_tokens=new_tokens)
+    out = {"precision_choice": precision.choose(measured)}
+    for fmt, m in measured.items():
+        key = fmt.replace("-", "_")
+        out[f"train_tokens_per_s_{key}"] = m["train_tokens_per_s"]
+        out[f"generate_tokens_per_s_{key}"] = m["generate_tokens_per_s"]
+        out[f"first_step_loss_{key}"] = m["loss"]
+        out[f"probe_speedup_{key}"] = m["probe_speedup"]
+    return out
 
 
 def memory_ladder(model: str, threads: int, seq_len: int = 256, batch_size: int = 4, steps: int = 3) -> dict:

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("trainer_speedup", "trainer_mfu", "mem_lora_over_full", "mem_qlora_over_lora", "nf4_size_ratio",
         "nf4_ppl_ratio", "int8_ppl_ratio", "int8_weight_only_ppl_ratio", "int8_weight_only_size_ratio",
-        "serve_decode_speedup", "course_seconds")
+        "serve_decode_speedup", "course_seconds", "trainer_vs_trl_sft", "trainer_vs_dynamic_padding", "mfu_best_peak",
+        "train_tokens_per_s_fp32", "train_tokens_per_s_bf16", "train_tokens_per_s_bf16_weights")
 
 
 def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
@@ -35,6 +36,11 @@ def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
     assert figures["course_seconds"] == 12.5 and figures["course_notebooks"]["01_data"] == 7.5
     # Same model, examples, steps and learning rate: the two trainers must land on nearly the same loss.
     assert figures["val_loss_rel_diff"] < 0.05
+    # TRL's SFTTrainer gets the same tokens, loss mask, schedule and seed: the same training.
+    assert figures["val_loss_rel_diff_trl"] < 0.02
+    assert figures["val_loss_rel_diff_dynamic"] < 0.05  # the same examples in another order (grouped by length)
+    assert figures["mfu_best_peak"] <= figures["trainer_mfu"] * 1.0001  # the best peak is at least the fp32 one
+    assert figures["precision_choice"] in ("fp32", "bf16", "bf16-weights")
     assert figures["train_tokens"] < figures["padded_tokens"]  # the naive run pads every example to 512
     assert 0 < figures["trainer_mfu"] < 1.5  # a fraction of the measured peak (wide: timers are coarse)
     assert figures["naive_new_tokens"] == figures["decode_new_tokens"]  # both loops decode the same answer
