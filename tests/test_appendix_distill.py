@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,25 @@ def test_direction_counts_two_questions_as_noise():
     assert distill.direction(0.5, 0.625) == "worse"
     assert distill.direction(0.65, 0.625) == distill.direction(0.6, 0.625) == "same"
     assert distill.direction(0.5, 0.45, noise=0.1) == "same"
+
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "A4_distillation.ipynb"
+
+
+@pytest.fixture(scope="module")
+def distill_trainer():
+    """DistillTrainer exactly as notebook A4 writes it: its cell tagged `distill_trainer`, run here."""
+    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if "distill_trainer" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, "A4 needs exactly one cell tagged `distill_trainer`"
+    namespace = {"distill": distill}
+    exec("".join(cells[0]["source"]), namespace)
+    return namespace["DistillTrainer"]
+
+
+def test_distilling_without_the_notebooks_trainer_says_where_it_is(tmp_path):
+    with pytest.raises(ValueError, match="DistillTrainer written in notebook A4"):
+        distill.train_student(None, None, None, [], tmp_path, distill=True, steps=1, batch_size=1, learning_rate=1e-3,
+                              alpha=0.5, temperature=1.0, positions="answer", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +199,7 @@ def test_write_jsonl_round_trips_and_leaves_no_temporary_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_distill_trainer_pulls_the_student_towards_the_teacher(teacher, tmp_path):
+def test_distill_trainer_pulls_the_student_towards_the_teacher(teacher, distill_trainer, tmp_path):
     """With alpha=1 the loss is the KL alone: a few steps must bring the student's logits closer."""
     from course_lib.appendix import continual
 
@@ -188,12 +209,13 @@ def test_distill_trainer_pulls_the_student_towards_the_teacher(teacher, tmp_path
     loss_to_teacher = _kl_to(model, student, tokenizer, records)
     before = loss_to_teacher()
     distill.train_student(student, model, tokenizer, records, tmp_path, distill=True, steps=6, batch_size=8,
-                          learning_rate=3e-3, alpha=1.0, temperature=2.0, positions="answer", seed=0)
+                          learning_rate=3e-3, alpha=1.0, temperature=2.0, positions="answer", seed=0,
+                          trainer_class=distill_trainer)
     assert loss_to_teacher() < before * 0.8
 
 
 @pytest.mark.slow
-def test_train_and_score_returns_figures_a_notebook_can_record(teacher, tmp_path):
+def test_train_and_score_returns_figures_a_notebook_can_record(teacher, distill_trainer, tmp_path):
     import json
 
     from course_lib.appendix import continual
@@ -201,7 +223,8 @@ def test_train_and_score_returns_figures_a_notebook_can_record(teacher, tmp_path
     model, tokenizer = teacher
     tried = distill.train_and_score(model, tokenizer, continual.old_data()[:8], tmp_path, n_drop=1, distill=True,
                                     eval_limit=2, max_new_tokens=4, steps=2, batch_size=4, learning_rate=1e-3,
-                                    alpha=0.5, temperature=1.0, positions="answer", seed=0)
+                                    alpha=0.5, temperature=1.0, positions="answer", seed=0,
+                                    trainer_class=distill_trainer)
     assert tried["layers"] == 1 and tried["n_drop"] == 1 and tried["steps"] == 2 and tried["alpha"] == 0.5
     assert tried["parameters"] < distill.parameters(model) and len(tried["passed"]) == 2
     assert 0 <= tried["persona_score"] <= 1 and tried["losses"]
@@ -249,7 +272,7 @@ def test_notebook_A4_records_every_model(executed):
 
 
 @pytest.mark.slow
-def test_distilled_student_beats_the_student_alone_on_the_default_model(tmp_path):
+def test_distilled_student_beats_the_student_alone_on_the_default_model(distill_trainer, tmp_path):
     """The effect the notebook teaches, on the real model with the notebook's default settings.
 
     The teacher is trained with notebook 02's defaults (the notebook's teacher, about 3 minutes):
@@ -274,7 +297,7 @@ def test_distilled_student_beats_the_student_alone_on_the_default_model(tmp_path
     for distilled, records in ((False, data["labelled"]), (True, data["labelled"] + data["transfer"])):
         student = distill.make_student(teacher, n_drop)
         distill.train_student(student, teacher, tokenizer, records, tmp_path, distill=distilled, seed=seed,
-                              **train_defaults)
+                              trainer_class=distill_trainer, **train_defaults)
         scores[distilled] = evaluate.evaluate(student.eval(), tokenizer, "persona").score
     print(scores)
     # 1 of the 40 persona questions is 0.025: a lead of 0.05 is two questions

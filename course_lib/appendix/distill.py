@@ -36,7 +36,6 @@ import random
 import time
 
 import torch
-from transformers import Trainer
 
 from course_lib import batches, data, evaluate, paths, quantize, runtimes
 from course_lib.appendix import continual
@@ -171,38 +170,21 @@ def kl_loss(student_logits, teacher_logits, labels, temperature: float, position
     return kl * temperature**2
 
 
-class DistillTrainer(Trainer):
-    """Trainer whose loss is (1 - alpha) * next-token loss + alpha * KL(teacher || student).
-
-    Why a subclass: Trainer gets its loss from the model's own forward pass (cross-entropy on the
-    labels); distillation needs a second model's logits on the same batch, and ``compute_loss`` is
-    the hook transformers documents for a custom loss. Everything else (optimizer, schedule,
-    batching, logging) stays Trainer's. TRL's GKDTrainer does on-policy distillation, sampling the
-    student's own answers at every step, much slower on a CPU; here the teacher's answers are
-    generated once, up front (``teacher_answers``), and the KL is taken on the batches as they come.
-    """
-
-    def __init__(self, *args, teacher, alpha: float, temperature: float, positions: str, **kwargs):
-        # no defaults here: ``compare`` holds the one set of defaults, and train_student passes them on
-        super().__init__(*args, **kwargs)
-        self.teacher, self.alpha, self.temperature, self.positions = teacher, alpha, temperature, positions
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        with torch.no_grad():  # the teacher only answers: no graph, no gradients, no optimizer state
-            teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        kl = kl_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature, self.positions)
-        loss = (1 - self.alpha) * outputs.loss + self.alpha * kl
-        return (loss, outputs) if return_outputs else loss
-
-
 def train_student(student, teacher, tokenizer, records, run_dir, *, distill: bool, steps: int, batch_size: int,
-                  learning_rate: float, alpha: float, temperature: float, positions: str, seed: int) -> dict:
-    """Fine-tune STUDENT on RECORDS (with the teacher's KL when DISTILL); returns loss history and time."""
+                  learning_rate: float, alpha: float, temperature: float, positions: str, seed: int,
+                  trainer_class=None) -> dict:
+    """Fine-tune STUDENT on RECORDS; returns loss history and time.
+
+    With DISTILL, TRAINER_CLASS is notebook A4's ``DistillTrainer`` (a ``Trainer`` subclass written
+    in the notebook, section 4): it is built with ``teacher``, ``alpha``, ``temperature`` and
+    ``positions`` and mixes the teacher's KL into the loss.
+    """
+    if distill and trainer_class is None:
+        raise ValueError("distill=True needs trainer_class: the DistillTrainer written in notebook A4, section 4")
     name = "distilled" if distill else "alone"
     # The KL term compares the teacher's and the student's logits position by position, so the
     # student must compute every position's logits (the collator's trained-positions-only saving off).
-    extra = {"trainer_class": DistillTrainer, "teacher": teacher, "alpha": alpha, "temperature": temperature,
+    extra = {"trainer_class": trainer_class, "teacher": teacher, "alpha": alpha, "temperature": temperature,
              "positions": positions, "trained_logits_only": False} if distill else {}
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -243,12 +225,13 @@ def transfer_data(teacher, tokenizer, run_dir, *, labelled: int = 24, transfer: 
 def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8, steps: int = 30,
             batch_size: int = 8, learning_rate: float = 3e-4, alpha: float = 0.5, temperature: float = 1.0,
             positions: str = "answer", seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48,
-            latency_tokens: int = 32) -> dict:
+            latency_tokens: int = 32, trainer_class=None) -> dict:
     """Teacher, student trained alone, distilled student: parameters, persona score, ms/token.
 
     STUDENTS_DATA (``transfer_data``): the student alone learns from its labelled examples; the
     distilled student from the same ones plus the teacher-answered transfer set, with the KL term
-    (ALPHA) mixed into the usual loss. Same steps, same batch size, same learning rate.
+    (ALPHA) mixed into the usual loss by TRAINER_CLASS (notebook A4's ``DistillTrainer``). Same
+    steps, same batch size, same learning rate.
     """
     models = {"teacher": teacher, "student_untrained": make_student(teacher, n_drop)}
     runs = {}
@@ -258,7 +241,8 @@ def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8
         models[name] = make_student(teacher, n_drop)
         runs[name] = train_student(models[name], teacher, tokenizer, records, run_dir, distill=distill,
                                    steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                                   alpha=alpha, temperature=temperature, positions=positions, seed=seed)
+                                   alpha=alpha, temperature=temperature, positions=positions, seed=seed,
+                                   trainer_class=trainer_class)
         runs[name]["examples"] = len(records)
     speed = ms_per_token(models, tokenizer, latency_tokens)
     rows = {}
@@ -276,7 +260,7 @@ def train_and_score(teacher, tokenizer, records, run_dir, *, n_drop: int, distil
     """One student, as ``compare`` makes each: cut it, train it on RECORDS, score it on the persona questions.
 
     What notebook A4's panel and exercises run. TRAINING holds ``train_student``'s settings (steps,
-    batch_size, learning_rate, alpha, temperature, positions, seed). Returns plain figures a notebook
+    batch_size, learning_rate, alpha, temperature, positions, seed, trainer_class). Returns plain figures a notebook
     can record: n_drop, layers, parameters, persona_score, passed (per question), steps, alpha,
     losses, train_seconds. The student itself is dropped, so that trying many frees the memory.
     """
