@@ -232,10 +232,10 @@ def _peers(best: dict) -> dict:
 
 def precision_speeds(model: str, seq_len: int = 64, batch_size: int = 4, steps: int = 2, new_tokens: int = 16) -> dict:
     """What ``precision="auto"`` would pick here and each format's training and generation speed:
-    ``course_lib.precision.measure`` with every format timed, even one whose probe is slower."""
-    from course_lib import precision
+    ``course_lib.precision_speed.measure`` with every format timed, even one whose probe is slower."""
+    from course_lib import precision, precision_speed
 
-    measured = precision.measure(model, always=True, seq_len=seq_len, batch_size=batch_size, steps=steps,
+    measured = precision_speed.measure(model, always=True, seq_len=seq_len, batch_size=batch_size, steps=steps,
                                  new_tokens=new_tokens)
     out = {"precision_choice": precision.choose(measured)}
     for fmt, m in measured.items():

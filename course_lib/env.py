@@ -19,9 +19,9 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from pathlib import Path
 
 from course_lib import models, paths, runtimes, ui, versions
+from course_lib.cpu import cpu_flags, cpu_name  # noqa: F401 (env.cpu_name() is what notebooks call)
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -65,27 +65,6 @@ class Check:
 
 
 # --------------------------------------------------------------------------- facts
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file does not exist."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cuda_available() -> bool:

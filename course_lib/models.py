@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from course_lib import paths, versions
+from course_lib import paths, precision, versions
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
 
@@ -226,12 +226,9 @@ def pick_dtype(device: str, dtype: str = "auto"):
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device == "cpu":
-        from course_lib import precision
-
-        # Loading never starts a measurement (a server or a planner should not pause for one).
-        if precision.cpu_choice(measure_if_missing=False) == "bf16-weights":
-            return torch.bfloat16
+    # Loading never starts a measurement (a server or a planner should not pause for one).
+    if device == "cpu" and precision.cpu_choice() == "bf16-weights":
+        return torch.bfloat16
     return torch.float32
 
 

@@ -3,9 +3,9 @@
 On a GPU the answer is known (bf16 where the GPU has it, else fp16 with loss scaling). On a CPU it
 depends on the chip and on PyTorch's kernels: bf16 matrix products run several times faster than
 fp32 on CPUs with AMX units and slower on many without, and a training step is more than matrix
-products. So ``measure`` times a few real LoRA training steps and a short generation in three
-formats (after a one-second ``probe`` that rules out a format whose core kernel is already slower
-than fp32's) and ``choose`` picks the fastest whose loss agrees with fp32:
+products. So ``precision_speed.measure`` times a few real LoRA training steps and a short
+generation in three formats (after a one-second ``probe`` that rules out a format whose core kernel
+is already slower than fp32's) and ``choose`` picks the fastest whose loss agrees with fp32:
 
 - ``fp32``: weights and math in fp32 (exact; the safe answer);
 - ``bf16``: fp32 weights, the math under bf16 autocast (``TrainingArguments(bf16=True)``): autocast
@@ -13,8 +13,8 @@ than fp32's) and ``choose`` picks the fastest whose loss agrees with fp32:
 - ``bf16-weights``: the frozen base weights stored in bf16, the LoRA matrices and their optimizer
   in fp32, the math under autocast (what QLoRA does with its compute dtype): no conversions.
 
-The choice is kept in the course cache (``precision.json``, one entry per CPU, PyTorch version and
-thread count) and serves training (``train.precision_flags``), evaluation and the server (loading
+The choice is kept in the course cache (``precision.json``, one entry per CPU model and PyTorch
+version) and serves training (``train.precision_flags``), evaluation and the server (loading
 in bf16 when ``bf16-weights`` won, through ``models.pick_dtype``). ``COURSE_PRECISION=fp32`` (or
 ``bf16``, ``bf16-weights``) in the environment overrides it everywhere.
 """
@@ -25,7 +25,7 @@ import json
 import os
 import time
 
-from course_lib import knobs, paths
+from course_lib import cpu, paths, ui
 
 FORMATS = ("fp32", "bf16", "bf16-weights")
 ENV = "COURSE_PRECISION"
@@ -34,12 +34,10 @@ MIN_SPEEDUP = 1.1  # ... and must train at least this much faster than fp32 (bel
 
 
 def machine_key() -> str:
-    """What the measurement depends on: the CPU, the PyTorch build and the threads it uses."""
+    """What the measurement depends on: the CPU and the PyTorch build (its kernels)."""
     import torch
 
-    from course_lib import env
-
-    return f"{env.cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu.cpu_name()} | torch {torch.__version__}"
 
 
 def _cache_file():
@@ -91,22 +89,14 @@ def choose(measured: dict, tolerance: float = LOSS_TOLERANCE, min_speedup: float
     return best
 
 
-def cpu_choice(measure_if_missing: bool = True) -> str:
-    """The CPU format: pinned by the environment, else remembered, else measured now (once)."""
+def cpu_choice() -> str | None:
+    """The CPU format: pinned by the environment, else remembered; None if never measured here
+    (``precision_speed.measure_and_remember`` measures; training does it, loading never does)."""
     forced = pinned()
     if forced:
         return forced
     known = remembered()
-    if known:
-        return known["choice"]
-    if not measure_if_missing:
-        return "fp32"
-    print("Measuring which number format trains fastest on this CPU (once per machine, about half a minute)...")
-    measured = measure()
-    choice = choose(measured)
-    remember(measured, choice)
-    print(f"  -> {choice}: {describe(measured, choice)}")
-    return choice
+    return known["choice"] if known else None
 
 
 def describe(measured: dict, choice: str) -> str:
@@ -118,117 +108,12 @@ def describe(measured: dict, choice: str) -> str:
     return f"training speed relative to fp32: {speeds}; chosen: {choice}"
 
 
-def _batch(tokenizer, seq_len: int, batch_size: int):
-    """Real persona conversations, padding-free (as the course trains), about BATCH_SIZE x SEQ_LEN tokens."""
-    from course_lib import batches, data
-
-    records = data.load_records(paths.data_samples("persona", "train.jsonl")).records
-    rows, total = [], 0
-    for record in records:
-        row = batches.encode(record["messages"], tokenizer)
-        rows.append(row)
-        total += row["length"]
-        if total >= seq_len * batch_size:
-            break
-    return batches.FlatCollator()(rows), total
-
-
-def measure_one(fmt: str, model_name: str = knobs.MODEL, seq_len: int = 128, batch_size: int = 4,
-                steps: int = 3, new_tokens: int = 16) -> dict:
-    """Time STEPS LoRA training steps (after one warm-up step) and a NEW_TOKENS greedy generation in FMT.
-
-    ``loss`` is the first step's loss: same weights, same batch in every format, so it shows how
-    far the format's arithmetic moves the result.
-    """
-    import torch
-    from transformers import set_seed
-
-    from course_lib import train
-
-    set_seed(0)  # the same LoRA initialisation in every format
-    model, tokenizer = train.prepare_model(model_name, "lora", device="cpu",
-                                           weights_dtype="bfloat16" if fmt == "bf16-weights" else "float32")
-    batch, tokens = _batch(tokenizer, seq_len, batch_size)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fmt != "fp32")
-    losses, started = [], 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()  # step 0 is the warm-up: first-call setup of every kernel
-        with autocast:
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    train_seconds = time.perf_counter() - started
-    return {"train_tokens_per_s": tokens * steps / train_seconds, "loss": losses[0],
-            "generate_tokens_per_s": _generate_speed(model, tokenizer, autocast, new_tokens)}
-
-
-def _generate_speed(model, tokenizer, autocast, new_tokens: int) -> float:
-    import torch
-
-    model.eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is compost?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    settings = dict(do_sample=False, use_cache=True, pad_token_id=tokenizer.eos_token_id)
-    with torch.no_grad(), autocast:
-        model.generate(**prompt, max_new_tokens=2, **settings)  # warm-up
-        started = time.perf_counter()
-        model.generate(**prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
-    return new_tokens / (time.perf_counter() - started)
-
-
-def probe(fmt: str, hidden: int = 576, inner: int = 1536, tokens: int = 256, repeats: int = 3) -> float:
-    """Seconds for one forward and backward pass through a frozen HIDDEN -> INNER linear layer (the
-    shape of an MLP projection) on TOKENS tokens in FMT: the core of a training step, in a second.
-
-    Where bf16 has no fast kernel, a step can be tens of times slower than fp32 (measured on a
-    2-core AMD EPYC: 448 ms against 16 ms here), and timing whole steps would take minutes.
-    """
-    import torch
-
-    weights = torch.bfloat16 if fmt == "bf16-weights" else torch.float32
-    layer = torch.nn.Linear(hidden, inner, bias=False).to(weights).requires_grad_(False)
-    x = torch.randn(tokens, hidden, requires_grad=True)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fmt != "fp32"):
-            y = layer(x)
-        y.float().sum().backward()
-
-    step()  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - started) / repeats
-
-
-def measure(model_name: str = knobs.MODEL, formats=FORMATS, always: bool = False, **settings) -> dict:
-    """{format: figures}: ``measure_one`` for fp32 and for each format whose ``probe`` is at least as
-    fast as fp32's (or for every format when ALWAYS); the others keep their probe's speedup only."""
-    from tqdm.auto import tqdm
-
-    base = probe("fp32")
-    measured = {}
-    for fmt in tqdm(formats, desc="number formats"):
-        speedup = base / probe(fmt) if fmt != "fp32" else 1.0
-        if fmt == "fp32" or always or speedup >= 1:
-            measured[fmt] = {**measure_one(fmt, model_name, **settings), "probe_speedup": speedup}
-        else:
-            measured[fmt] = {"probe_speedup": speedup, "skipped": True}
-    return measured
-
-
 HOW = {"fp32": "fp32 weights, fp32 math", "bf16": "fp32 weights, bf16 autocast",
        "bf16-weights": "bf16 frozen weights, fp32 adapter, bf16 autocast"}
 
 
 def table(measured: dict, choice: str):
     """MEASURED as a table: one row per format, speeds relative to fp32, the chosen one marked."""
-    from course_lib import ui
-
     base = measured["fp32"]
     rows = []
     for name, m in measured.items():

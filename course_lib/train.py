@@ -26,7 +26,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from course_lib import batches, data, evaluate, knobs, models, paths, procmem, runs, ui, versions
+from course_lib import batches, data, evaluate, knobs, models, paths, precision_speed, procmem, runs, ui, versions
+from course_lib import precision as number_formats  # "precision" is a TrainConfig field here
 from course_lib.report import quiet_libraries
 
 versions.warn_once()  # one sentence if transformers, peft, ... differ from the tested versions
@@ -180,13 +181,12 @@ def precision_flags(precision: str, device: str) -> dict:
     """
     import torch
 
-    from course_lib import precision as formats
-
     if precision == "auto":
         if device == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         elif device == "cpu":
-            precision = "bf16" if formats.cpu_choice() != "fp32" else "fp32"
+            chosen = number_formats.cpu_choice() or precision_speed.measure_and_remember()
+            precision = "fp32" if chosen == "fp32" else "bf16"
         else:
             precision = "fp32"
     if precision not in ("fp32", "bf16", "fp16"):

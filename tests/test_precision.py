@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from course_lib import models, precision, train
+from course_lib import models, precision, precision_speed, train
 
 
 def figures(train_tps: float, loss: float = 2.0, generate: float = 10.0) -> dict:
@@ -39,6 +39,7 @@ def test_choose_keeps_fp32_unless_another_format_is_clearly_faster_and_agrees():
 
 def test_pinned_format_wins_and_a_wrong_one_names_the_variable(own_cache, monkeypatch):
     precision.remember({"fp32": figures(100), "bf16": figures(200)}, "bf16")
+    assert precision.cpu_choice() == "bf16"
     monkeypatch.setenv(precision.ENV, "fp32")
     assert precision.cpu_choice() == "fp32"
     monkeypatch.setenv(precision.ENV, "fp8")
@@ -53,20 +54,22 @@ def test_first_use_measures_once_and_later_uses_remember(own_cache, monkeypatch)
         calls.append(1)
         return {"fp32": figures(100), "bf16": figures(90), "bf16-weights": figures(180)}
 
-    monkeypatch.setattr(precision, "measure", fake_measure)
-    assert precision.cpu_choice(measure_if_missing=False) == "fp32"  # loading never measures
+    monkeypatch.setattr(precision_speed, "measure", fake_measure)
+    assert precision.cpu_choice() is None and models.pick_dtype("cpu") == torch.float32  # loading never measures
     assert calls == []
-    assert precision.cpu_choice() == "bf16-weights"
-    assert precision.cpu_choice() == "bf16-weights"
+    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False}  # training measures, once
+    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False}
     assert calls == [1]
+    assert precision.cpu_choice() == "bf16-weights" and models.pick_dtype("cpu") == torch.bfloat16
     saved = json.loads((own_cache / "precision.json").read_text())[precision.machine_key()]
     assert saved["choice"] == "bf16-weights" and saved["measured"]["bf16-weights"]["train_tokens_per_s"] == 180
 
 
 def test_a_broken_cache_file_means_measure_again(own_cache, monkeypatch):
     (own_cache / "precision.json").write_text("{not json")
-    monkeypatch.setattr(precision, "measure", lambda *a, **k: {"fp32": figures(100)})
-    assert precision.cpu_choice() == "fp32"
+    assert precision.cpu_choice() is None
+    monkeypatch.setattr(precision_speed, "measure", lambda *a, **k: {"fp32": figures(100)})
+    assert precision_speed.measure_and_remember() == "fp32"
     assert precision.remembered()["choice"] == "fp32"
 
 
@@ -97,10 +100,10 @@ def test_bf16_weights_keep_the_adapter_in_fp32_and_full_fine_tuning_in_fp32(own_
 
 def test_measure_times_only_formats_whose_probe_is_not_slower(monkeypatch):
     probes = {"fp32": 1.0, "bf16": 4.0, "bf16-weights": 0.5}  # seconds: bf16 4x slower, bf16 weights 2x faster
-    monkeypatch.setattr(precision, "probe", lambda fmt, **kw: probes[fmt])
+    monkeypatch.setattr(precision_speed, "probe", lambda fmt, **kw: probes[fmt])
     timed = []
-    monkeypatch.setattr(precision, "measure_one", lambda fmt, *a, **k: timed.append(fmt) or figures(100))
-    got = precision.measure("any")
+    monkeypatch.setattr(precision_speed, "measure_one", lambda fmt, *a, **k: timed.append(fmt) or figures(100))
+    got = precision_speed.measure("any")
     assert timed == ["fp32", "bf16-weights"]
     assert got["bf16"] == {"probe_speedup": 0.25, "skipped": True}
     assert got["bf16-weights"]["probe_speedup"] == 2.0
@@ -108,12 +111,12 @@ def test_measure_times_only_formats_whose_probe_is_not_slower(monkeypatch):
     rows = precision.table(got, "bf16-weights").rows
     assert [r["chosen"] for r in rows] == ["", "", "yes"] and rows[1]["training vs fp32"] == "not timed"
     timed.clear()
-    precision.measure("any", always=True)
+    precision_speed.measure("any", always=True)
     assert timed == list(precision.FORMATS)
 
 
 def test_probe_and_one_real_measurement_on_the_tiny_model(tiny_model_dir):
-    assert precision.probe("fp32", hidden=64, inner=128, tokens=32, repeats=1) > 0
-    got = precision.measure_one("fp32", str(tiny_model_dir), seq_len=32, batch_size=2, steps=1, new_tokens=2)
+    assert precision_speed.probe("fp32", hidden=64, inner=128, tokens=32, repeats=1) > 0
+    got = precision_speed.measure_one("fp32", str(tiny_model_dir), seq_len=32, batch_size=2, steps=1, new_tokens=2)
     assert got["train_tokens_per_s"] > 0 and got["generate_tokens_per_s"] > 0
     assert math.isfinite(got["loss"]) and got["loss"] > 0
