@@ -73,8 +73,10 @@ def _precision_name(flags: dict) -> str:
     return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
 
 
-def _naive(args) -> dict:
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def _baseline_inputs(args):
+    """What every baseline starts from: the course run's config, a tokenizer that can pad, the same
+    tokenized examples, and a freshly loaded fp32 model."""
+    from transformers import AutoModelForCausalLM
 
     from course_lib import models, train
 
@@ -85,15 +87,29 @@ def _naive(args) -> dict:
     train_tok, val_tok, _ = train.build_datasets(cfg, tokenizer, Path(args.run_dir))
     location, kwargs = models.model_location(args.model)
     model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+    return cfg, tokenizer, train_tok, val_tok, model
+
+
+def _baseline_result(trainer, train_tok, val_tok, precision: str) -> dict:
+    """Train a baseline and report it as the course run is reported (useful tokens, the same validation loss)."""
+    from course_lib import models
+
+    output = trainer.train()
+    return {"seconds": output.metrics["train_runtime"], "tokens": sum(train_tok["length"]),
+            "val_loss": validation_loss(trainer.model, val_tok), "parameters": models.count_parameters(trainer.model),
+            "precision": precision}
+
+
+def _naive(args) -> dict:
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    cfg, tokenizer, train_tok, val_tok, model = _baseline_inputs(args)
     trainer = Trainer(
         model=model, train_dataset=train_tok.select_columns(["input_ids", "labels"]),
         args=TrainingArguments(output_dir=cfg.output_dir, per_device_train_batch_size=cfg.batch_size,
                                max_steps=cfg.max_steps, report_to=[], save_strategy="no", disable_tqdm=True),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=cfg.max_length))
-    output = trainer.train()
-    return {"seconds": output.metrics["train_runtime"], "tokens": sum(train_tok["length"]),
-            "val_loss": validation_loss(model, val_tok), "parameters": models.count_parameters(model),
-            "precision": "fp32"}
+    return _baseline_result(trainer, train_tok, val_tok, "fp32")
 
 
 def _peer_arguments(cfg, device: str) -> dict:
@@ -117,20 +133,13 @@ def _peer(args) -> dict:
       (``DataCollatorForSeq2Seq``) and batching examples of similar length together
       (``train_sampling_strategy="group_by_length"``, the old ``group_by_length=True``).
     """
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from course_lib import models, train
+    from course_lib import models
 
-    cfg = _config(args)
-    device = models.pick_device()
-    tokenizer = models.load_tokenizer(args.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train_tok, val_tok, _ = train.build_datasets(cfg, tokenizer, Path(args.run_dir))
-    location, kwargs = models.model_location(args.model)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype="float32", **kwargs)
+    cfg, tokenizer, train_tok, val_tok, model = _baseline_inputs(args)
     model.config.use_cache = False
-    settings = _peer_arguments(cfg, device)
+    settings = _peer_arguments(cfg, models.pick_device())
     if args.mode == "trl_sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -143,10 +152,7 @@ def _peer(args) -> dict:
                           args=TrainingArguments(**settings, train_sampling_strategy="group_by_length",
                                                  remove_unused_columns=True),
                           data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest"))
-    output = trainer.train()
-    return {"seconds": output.metrics["train_runtime"], "tokens": sum(train_tok["length"]),
-            "val_loss": validation_loss(model, val_tok), "parameters": models.count_parameters(model),
-            "precision": _precision_name(settings)}
+    return _baseline_result(trainer, train_tok, val_tok, _precision_name(settings))
 
 
 def worker(argv=None) -> int:
@@ -221,9 +227,10 @@ def _peers(best: dict) -> dict:
     dynamically padded, length-grouped Trainer (same examples, steps, schedule and precision)."""
     course = best["course"]
     out = {}
-    for mode, name in (("trl_sft", "trl"), ("dynamic", "dynamic")):
+    for mode, name, speed_key in (("trl_sft", "trl", "trainer_vs_trl_sft"),
+                                  ("dynamic", "dynamic", "trainer_vs_dynamic_padding")):
         peer = best[mode]
-        out[f"trainer_vs_{'trl_sft' if mode == 'trl_sft' else 'dynamic_padding'}"] = ratio(peer["seconds"], course["seconds"])
+        out[speed_key] = ratio(peer["seconds"], course["seconds"])
         out[f"{name}_tokens_per_s"] = peer["tokens"] / peer["seconds"]
         out[f"{name}_val_loss"] = peer["val_loss"]
         out[f"val_loss_rel_diff_{name}"] = abs(course["val_loss"] - peer["val_loss"]) / peer["val_loss"]
@@ -236,7 +243,7 @@ def precision_speeds(model: str, seq_len: int = 64, batch_size: int = 4, steps: 
     from course_lib import precision, precision_speed
 
     measured = precision_speed.measure(model, always=True, seq_len=seq_len, batch_size=batch_size, steps=steps,
-                                 new_tokens=new_tokens)
+                                       new_tokens=new_tokens)
     out = {"precision_choice": precision.choose(measured)}
     for fmt, m in measured.items():
         key = fmt.replace("-", "_")

@@ -44,21 +44,23 @@ def _cache_file():
     return paths.cache_dir() / "precision.json"
 
 
+def _every_machine() -> dict:
+    """The cache file's entries, one per machine; none when it is missing or unreadable."""
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def remembered() -> dict | None:
     """This machine's last measurement and choice, or None if it was never measured."""
-    try:
-        return json.loads(_cache_file().read_text()).get(machine_key())
-    except (OSError, ValueError):
-        return None
+    return _every_machine().get(machine_key())
 
 
 def remember(measured: dict, choice: str) -> None:
     """Keep MEASURED and CHOICE for this machine (written whole, then renamed: never half a file)."""
     cache = _cache_file()
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
+    known = _every_machine()
     known[machine_key()] = {"choice": choice, "measured": measured, "when": time.strftime("%Y-%m-%d %H:%M")}
     partial = cache.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps(known, indent=1))
