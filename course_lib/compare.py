@@ -8,12 +8,13 @@ grows: measured in one process, every method after the hungriest would inherit i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from course_lib import evaluate, memory, paths, runs, train, ui
+from course_lib import evaluate, memory, models, paths, runs, train, ui
 
 # Each method at a learning rate suited to it, for comparisons at the same data and steps: full
 # fine-tuning moves every weight, so it needs a rate ~100x below LoRA's (at LoRA's 4e-3 it diverged
@@ -28,26 +29,40 @@ def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=
 
     A fresh process per method because peak memory (the process's peak RSS on CPU) only ever
     grows: measured in one process, every method after the hungriest would inherit its peak.
+    On a CPU with two or more cores the runs go two at a time, each with half the cores
+    (``OMP_NUM_THREADS``): peak memory is per process, and every run gets the same share of the
+    machine, so their tokens/s still compare (each is about half what the whole CPU gives).
     ``learning_rates`` overrides METHOD_LEARNING_RATES; others use ``settings["learning_rate"]``.
     """
     from tqdm.auto import tqdm
 
     run_dir = paths.run_dir(run_dir)
-    rows = []
-    for method in tqdm(methods, desc="methods", unit="run"):
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = Path(tmp) / "summary.json"
-            rates = {**METHOD_LEARNING_RATES, **(learning_rates or {})}
-            args = {"save_every": "no", **settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
-            if method in rates:
-                args["learning_rate"] = rates[method]
-            argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-            done = subprocess.run([sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
-                                   "--json", str(summary), "--fresh"], capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{method} failed: {done.stderr.strip().splitlines()[-1]}")
-            rows.append(json.loads(summary.read_text()) | {"learning_rate": args.get("learning_rate")})
-    return rows
+    rates = {**METHOD_LEARNING_RATES, **(learning_rates or {})}
+    together = 2 if models.pick_device() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    env = {**os.environ, "OMP_NUM_THREADS": str((os.cpu_count() or 2) // together)} if together > 1 else None
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(methods), desc="methods", unit="run") as bar:
+        for first in range(0, len(methods), together):
+            running = {}
+            for method in methods[first:first + together]:
+                args = {"save_every": "no", **settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
+                if method in rates:
+                    args["learning_rate"] = rates[method]
+                summary = Path(tmp) / f"{method}.json"
+                argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+                command = [sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
+                           "--json", str(summary), "--fresh"]
+                log = Path(tmp) / f"{method}.log"  # a file, not a pipe: a full pipe would stall the run beside
+                with log.open("w") as sink:
+                    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+                running[method] = (process, summary, log, args.get("learning_rate"))
+            for method, (process, summary, log, rate) in running.items():
+                if process.wait() != 0:
+                    last = (log.read_text().strip().splitlines() or ["no message"])[-1]
+                    raise RuntimeError(f"{method} failed: {last}")
+                rows[method] = json.loads(summary.read_text()) | {"learning_rate": rate}
+                bar.update()
+    return [rows[method] for method in methods]
 
 
 def comparison_table(rows: list[dict]):
@@ -123,7 +138,8 @@ def quick_experiment(model: str, run_dir, before, limit: int = 6, *, learning_ra
 
     result = train.train(run_dir=run_dir, model=model, method=method, learning_rate=learning_rate, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout, epochs=epochs, batch_size=batch_size,
-                         max_examples=batch_size * steps, output_dir=str(Path(run_dir) / "train" / "widget"),
+                         max_examples=batch_size * steps, max_val_examples=16,  # 16 validation examples: a quick estimate
+                         output_dir=str(Path(run_dir) / "train" / "widget"),
                          replay_share=0.0, logging_steps=1, save_every="epoch", quiet=True)
     display(plot_history(result, title=f"{method}, lr {learning_rate:g}, r {lora_r}, alpha {lora_alpha}"))
     with ui.quiet_progress():

@@ -119,7 +119,7 @@ def score_answers(name: str, items: list[dict], answers: list[str]) -> EvalResul
 
 def evaluate(model, tokenizer, eval_set: str = "persona", max_new_tokens: int = 48, limit: int = 0) -> EvalResult:
     """Ask every question of EVAL_SET and score the answers."""
-    return evaluate_sets(model, tokenizer, (eval_set,), max_new_tokens, limit, batch_size=16)[eval_set]
+    return evaluate_sets(model, tokenizer, (eval_set,), max_new_tokens, limit)[eval_set]
 
 
 def evaluate_sets(model, tokenizer, eval_sets=("persona", "general"), max_new_tokens: int = 48, limit: int = 0,
@@ -136,27 +136,33 @@ def evaluate_sets(model, tokenizer, eval_sets=("persona", "general"), max_new_to
     return results
 
 
-def baseline(model, tokenizer, model_name: str, eval_set: str, run_dir, max_new_tokens: int = 48,
-             limit: int = 0) -> EvalResult:
-    """EVALUATE for the untrained base model, answered once per run directory and then reused.
+def baseline(model, tokenizer, model_name: str, eval_sets, run_dir, max_new_tokens: int = 48,
+             limit: int = 0):
+    """EVALUATE_SETS for the untrained base model, answered once per run directory and then reused.
 
-    The base model never changes, so notebooks 02-05 share its answers instead of spending a
-    minute each regenerating them. The cache is keyed by model, questions and settings.
+    The base model never changes, so notebooks 02-06 share its answers instead of spending a
+    minute each regenerating them. The cache is keyed by model, questions and settings. EVAL_SETS
+    is one set's name (returns its EvalResult) or several (returns {name: EvalResult}); the sets not
+    cached yet are answered together, in shared batches, as ``evaluate_sets`` does.
     """
     import hashlib
 
-    items = load_eval_set(eval_set)
-    items = items[:limit] if limit else items
-    key = hashlib.sha256(json.dumps([model_name, items, max_new_tokens]).encode()).hexdigest()[:16]
-    cache = paths.run_dir(run_dir) / "eval" / f"base-{eval_set}-{key}.json"
-    if cache.exists():
-        answers = json.loads(cache.read_text())["answers"]
-        print(f"Base model's {eval_set} answers reused from {cache.name}.")
-    else:
-        answers = generate(model, tokenizer, [i["question"] for i in items], max_new_tokens)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"model": model_name, "answers": answers}, indent=1))
-    return score_answers(eval_set, items, answers)
+    names = (eval_sets,) if isinstance(eval_sets, str) else tuple(eval_sets)
+    items = {name: load_eval_set(name)[:limit or None] for name in names}
+    caches = {name: paths.run_dir(run_dir) / "eval" / "base-{}-{}.json".format(name, hashlib.sha256(
+        json.dumps([model_name, items[name], max_new_tokens]).encode()).hexdigest()[:16]) for name in names}
+    answers = {name: json.loads(caches[name].read_text())["answers"] for name in names if caches[name].exists()}
+    for name in answers:
+        print(f"Base model's {name} answers reused from {caches[name].name}.")
+    missing = [name for name in names if name not in answers]
+    if missing:
+        fresh = evaluate_sets(model, tokenizer, missing, max_new_tokens, limit)
+        for name in missing:
+            answers[name] = fresh[name].answers
+            caches[name].parent.mkdir(parents=True, exist_ok=True)
+            caches[name].write_text(json.dumps({"model": model_name, "answers": answers[name]}, indent=1))
+    results = {name: score_answers(name, items[name], answers[name]) for name in names}
+    return results[names[0]] if isinstance(eval_sets, str) else results
 
 
 def retention(base: EvalResult, tuned: EvalResult) -> float:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from course_lib import knobs, models, paths, procmem, report, ui
+from course_lib import knobs, models, paths, procmem, report, train, ui
 
 SIGN_OFF = "Happy growing!"
 MAX_WORDS = 60
@@ -351,9 +351,12 @@ def _dpo_steps(pairs_file: str, model_name: str, reference: str, steps: int) -> 
     procmem.reset_peak()
     model, tokenizer = models.load(model_name)
     ref_model = models.load(model_name)[0] if reference == "copy" else None
+    device = models.pick_device()
+    # The precision the notebook trains in: left alone, TRL's configs turn bf16 on, which on a CPU
+    # without a fast bf16 kernel made this one step take a minute instead of seconds.
     config = DPOConfig(output_dir=str(paths.run_dir() / "preference" / "memory"), max_steps=steps,
                        per_device_train_batch_size=2, report_to=[], save_strategy="no", disable_tqdm=True,
-                       use_cpu=not models.pick_device() == "cuda", max_length=160)
+                       use_cpu=device != "cuda", max_length=160, **train.precision_flags("auto", device))
     lora = LoraConfig(r=knobs.LORA_R, lora_alpha=knobs.LORA_ALPHA, target_modules=knobs.TARGET_MODULES.split(","),
                       task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=Dataset.from_list(pairs),

@@ -119,6 +119,26 @@ def update_time_line(notebook: Path, secs: float) -> bool:
     return True
 
 
+# The course's time budget on a 2-core CPU with default parameters (CONTRIBUTING.md, "Time budget").
+BUDGET_SECONDS = {"notebook": 5 * 60, "main path": 18 * 60, "everything": 35 * 60}
+
+
+def over_budget(table: dict | None = None) -> list[str]:
+    """What the recorded run spent beyond BUDGET_SECONDS, one sentence each (empty: within budget).
+
+    The main path is every notebook but the appendices (the names starting with "A").
+    """
+    runs = {name: entry["seconds"] for name, entry in (table or load())["notebooks"].items()}
+    main_path = sum(secs for name, secs in runs.items() if not name.startswith("A"))
+    over = [f"{name} took {secs:.0f} s, over {BUDGET_SECONDS['notebook']} s"
+            for name, secs in sorted(runs.items()) if secs > BUDGET_SECONDS["notebook"]]
+    if main_path > BUDGET_SECONDS["main path"]:
+        over.append(f"the main path took {main_path:.0f} s, over {BUDGET_SECONDS['main path']} s")
+    if sum(runs.values()) > BUDGET_SECONDS["everything"]:
+        over.append(f"everything took {sum(runs.values()):.0f} s, over {BUDGET_SECONDS['everything']} s")
+    return over
+
+
 def main() -> int:
     """``python -m course_lib.reference``: every notebook's recorded run time, and the run's machine."""
     table = load()
@@ -127,6 +147,9 @@ def main() -> int:
         print(f"  {name:<24} {entry['seconds']:>7.1f} s   ({time_phrase(entry['seconds'])})")
     if table.get("total_seconds"):
         print(f"  {'total':<24} {table['total_seconds']:>7.1f} s")
+    over = over_budget(table)
+    budget = ", ".join(f"{part} <= {secs // 60} min" for part, secs in BUDGET_SECONDS.items())
+    print(f"time budget ({budget}): " + ("; ".join(over) if over else "kept"))
     return 0
 
 

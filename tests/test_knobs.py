@@ -121,6 +121,15 @@ def test_header_time_agrees_with_the_reference_figures(path):
             f"({reference.time_phrase(secs)}); `make course RECORD=1` rewrites it")
 
 
+def test_over_budget_names_each_part_of_the_budget_a_run_exceeded():
+    table = {"notebooks": {"00_environment": {"seconds": 60.0}, "02_lora_qlora": {"seconds": 301.0},
+                           "A1_pretraining": {"seconds": 200.0}}}
+    assert reference.over_budget(table) == ["02_lora_qlora took 301 s, over 300 s"]
+    table["notebooks"]["06_preference"] = {"seconds": 1080.0 - 361.0 + 1}
+    assert reference.over_budget(table)[-1] == "the main path took 1081 s, over 1080 s"
+    assert reference.over_budget({"notebooks": {"00_environment": {"seconds": 10.0}}}) == []
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_try_it_has_a_check_and_nothing_stops_run_all(path):
     cells = _cells(path)

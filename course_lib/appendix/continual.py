@@ -143,19 +143,22 @@ def run_strategy(strategy: str, adapter_dir, run_dir, *, steps: int = 24, batch_
     history = fit(model, tokenizer, records, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                   seed=seed, out_dir=paths.run_dir(run_dir) / "continual" / strategy)
     seconds = time.perf_counter() - started
-    old = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
-    new = evaluate.evaluate(model, tokenizer, "new_facts", max_new_tokens, eval_limit)
+    old, new = _old_and_new(model, tokenizer, eval_limit, max_new_tokens)
     return {"strategy": strategy, "old_score_after": old.score, "new_score_after": new.score,
             "trainable_params": trainable, "train_examples": len(records), "train_seconds": round(seconds, 1),
             "losses": [h["loss"] for h in history if "loss" in h], "old": old, "new": new}
 
 
+def _old_and_new(model, tokenizer, eval_limit: int, max_new_tokens: int):
+    """The persona questions (old) and the new facts, answered in shared batches."""
+    scored = evaluate.evaluate_sets(model, tokenizer, ("persona", "new_facts"), max_new_tokens, eval_limit)
+    return scored["persona"], scored["new_facts"]
+
+
 def scores_before(adapter_dir, eval_limit: int = 0, max_new_tokens: int = 48) -> dict:
     """The persona model's scores before it learns anything new (the reference for forgetting)."""
     model, tokenizer = load_persona(adapter_dir)
-    model.eval()
-    old = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens, eval_limit)
-    new = evaluate.evaluate(model, tokenizer, "new_facts", max_new_tokens, eval_limit)
+    old, new = _old_and_new(model.eval(), tokenizer, eval_limit, max_new_tokens)
     return {"old_score_before": old.score, "new_score_before": new.score, "old": old, "new": new}
 
 
