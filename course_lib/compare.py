@@ -48,14 +48,7 @@ def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=
                 args = {"save_every": "no", **settings, "method": method, "output_dir": str(run_dir / "compare" / method)}
                 if method in rates:
                     args["learning_rate"] = rates[method]
-                summary = Path(tmp) / f"{method}.json"
-                argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-                command = [sys.executable, "-m", "course_lib.train", *argv, "--run-dir", str(run_dir),
-                           "--json", str(summary), "--fresh"]
-                log = Path(tmp) / f"{method}.log"  # a file, not a pipe: a full pipe would stall the run beside
-                with log.open("w") as sink:
-                    process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-                running[method] = (process, summary, log, args.get("learning_rate"))
+                running[method] = (*_start_run(args, run_dir, Path(tmp), env), args.get("learning_rate"))
             for method, (process, summary, log, rate) in running.items():
                 if process.wait() != 0:
                     last = (log.read_text().strip().splitlines() or ["no message"])[-1]
@@ -63,6 +56,18 @@ def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=
                 rows[method] = json.loads(summary.read_text()) | {"learning_rate": rate}
                 bar.update()
     return [rows[method] for method in methods]
+
+
+def _start_run(args: dict, run_dir: Path, tmp: Path, env: dict | None):
+    """Start ``python -m course_lib.train`` with ARGS; returns (process, its summary file, its log file).
+
+    Its output goes to a file, not a pipe: a full pipe would stall it while the run beside it is awaited.
+    """
+    summary, log = tmp / f"{args['method']}.json", tmp / f"{args['method']}.log"
+    command = [sys.executable, "-m", "course_lib.train", *[f"--{k.replace('_', '-')}={v}" for k, v in args.items()],
+               "--run-dir", str(run_dir), "--json", str(summary), "--fresh"]
+    with log.open("w") as sink:
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env), summary, log
 
 
 def comparison_table(rows: list[dict]):
