@@ -54,6 +54,23 @@ def find_adapter(run_dir, model_name: str | None = None) -> Path | None:
     return None
 
 
+def fingerprint(folder) -> str:
+    """A short name for the weights saved in FOLDER: it changes whenever they do (retrained, other settings).
+
+    ``evaluate.remembered`` keys its answers by it, so answers of an old adapter are never reused
+    for a new one.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no .safetensors weights to fingerprint")
+    for file in files:
+        digest.update(file.read_bytes())
+    return f"trained-{digest.hexdigest()[:12]}"
+
+
 def load(folder, device: str = "auto", dtype: str = "auto", trainable: bool = False,
          full_precision: bool = False, adapter_name: str = "default"):
     """Reload a saved run (an adapter on its base model, or a full fine-tune) -> (model, tokenizer).

@@ -58,3 +58,29 @@ def test_evaluate_sets_gives_each_set_its_own_answers(monkeypatch):
         assert results[name].answers == [f"answer to {q}" for q in questions] and results[name].name == name
     every = evaluate.evaluate_sets(None, None, ("persona",))["persona"]
     assert len(every.answers) == len(evaluate.load_eval_set("persona"))  # limit 0: every question
+
+
+def test_remembered_answers_once_per_key_and_never_for_other_weights(monkeypatch, tmp_path):
+    """A model's answers are generated once and reused; new weights (another fingerprint) are asked afresh."""
+    from course_lib import runs
+
+    calls = []
+
+    def echo(model, tokenizer, prompts, max_new_tokens, batch_size):
+        calls.append(len(prompts))
+        return [f"{model} says {p}" for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", echo)
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights one")
+    first_key = runs.fingerprint(adapter)
+    first = evaluate.remembered("one", None, first_key, ("persona", "general"), tmp_path, limit=2)
+    again = evaluate.remembered("one", None, first_key, "persona", tmp_path, limit=2)
+    assert calls == [4] and again.answers == first["persona"].answers  # the second call generated nothing
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights two")  # retrained: other weights
+    second_key = runs.fingerprint(adapter)
+    fresh = evaluate.remembered("two", None, second_key, "persona", tmp_path, limit=2)
+    assert second_key != first_key and calls == [4, 2] and fresh.answers[0].startswith("two says")
+    with pytest.raises(FileNotFoundError, match="no .safetensors"):
+        runs.fingerprint(tmp_path / "eval")
