@@ -55,7 +55,8 @@ def find_adapter(run_dir, model_name: str | None = None) -> Path | None:
 
 
 def fingerprint(folder) -> str:
-    """A short name for the weights saved in FOLDER: it changes whenever they do (retrained, other settings).
+    """A short name for the model saved in FOLDER: it changes whenever its weights or its adapter
+    settings do (``adapter_config.json``: alpha scales the update, the target modules place it).
 
     ``evaluate.remembered`` keys its answers by it, so answers of an old adapter are never reused
     for a new one.
@@ -63,11 +64,13 @@ def fingerprint(folder) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
         raise FileNotFoundError(f"{folder} holds no .safetensors weights to fingerprint")
-    for file in files:
-        digest.update(file.read_bytes())
+    for file in weights + [f for f in [Path(folder) / "adapter_config.json"] if f.exists()]:
+        with open(file, "rb") as stream:  # in chunks: a full fine-tune's weights are half a gigabyte
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
     return f"trained-{digest.hexdigest()[:12]}"
 
 

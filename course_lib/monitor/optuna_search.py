@@ -77,7 +77,7 @@ def search(model: str = "smollm2-135m", run_dir=None, n_trials: int = 6, steps: 
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     import datasets
 
-    datasets.disable_progress_bars()  # six trials of "tokenizing: 100%" would bury the trial lines
+    datasets.disable_progress_bars()  # a "tokenizing: 100%" bar per trial would bury the trial lines
     try:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=False, callbacks=[_say])
     finally:
