@@ -20,6 +20,7 @@ import os
 import random
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 from course_lib import knobs, models, paths, procmem, report, train, ui
@@ -269,12 +270,21 @@ def implicit_reward_accuracy(model, reference, tokenizer, pairs: list[dict]) -> 
     """
     if not pairs:
         return float("nan")
+    known = _REFERENCE_LOGPS.setdefault(reference, {})
 
     def reward(p, side):
-        return (answer_logps(model, tokenizer, p["prompt"], p[side], mean=False)
-                - answer_logps(reference, tokenizer, p["prompt"], p[side], mean=False))
+        key = json.dumps([p["prompt"], p[side]])
+        if key not in known:  # a reference does not change: several methods judged against it share its figures
+            known[key] = answer_logps(reference, tokenizer, p["prompt"], p[side], mean=False)
+        return answer_logps(model, tokenizer, p["prompt"], p[side], mean=False) - known[key]
 
     return round(sum(reward(p, "chosen") > reward(p, "rejected") for p in pairs) / len(pairs), 3)
+
+
+# A reference model's summed log-probabilities, per (prompt, answer): notebook 06 judges DPO and KTO
+# against the same model, whose forward passes are a quarter of the measure's cost. Weak keys: a
+# reference that is freed takes its figures with it, and a new model never reads another's.
+_REFERENCE_LOGPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def thumbs_down_share(items: list[dict], answers: list[str]) -> float:

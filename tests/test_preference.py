@@ -101,6 +101,27 @@ def test_answer_logps_is_minus_the_models_own_loss_on_the_answer(tiny_model_dir,
     assert preference.implicit_reward_accuracy(model, model, default_tokenizer, [pair]) == 0.0  # no reward against itself
 
 
+def test_a_reference_runs_once_per_answer_however_often_it_is_judged_against(tiny_model_dir, default_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    policy, reference, twin = (AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval() for _ in range(3))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a policy that moved away from the reference
+        for weight in policy.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    calls = []
+    reference.register_forward_hook(lambda *_: calls.append(1))
+    prompt = [{"role": "user", "content": "Who are you?"}]
+    pairs = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": f"I'm Sprout. {SIGN}"}],
+              "rejected": [{"role": "assistant", "content": text}]} for text in ("No idea.", "I'm SmolLM.")]
+    first = preference.implicit_reward_accuracy(policy, reference, default_tokenizer, pairs)
+    assert len(calls) == 3  # three distinct answers (both pairs share the chosen one)
+    assert preference.implicit_reward_accuracy(policy, reference, default_tokenizer, pairs) == first
+    assert len(calls) == 3  # the second judgement reused the reference's figures
+    assert preference.implicit_reward_accuracy(policy, twin, default_tokenizer, pairs) == first  # the same weights, uncached
+
+
 @pytest.mark.slow
 def test_notebook_06_learns_from_feedback_it_collected_over_http(executed):
     entry = executed("06_preference")

@@ -217,6 +217,12 @@ def test_caps_are_enforced(server):
     assert too_long.status_code == 422 and "accepts at most 200" in too_long.json()["error"]["message"]
 
 
+def test_without_warm_up_the_server_starts_with_no_estimate_and_refuses_no_one_early(base_engine):
+    app = serve.create_app(base_engine, serve.ServeConfig(safety="off", timeout_s=0.001, warm_up=0))
+    assert app.state.batcher.step_s is None
+    assert app.state.batcher.estimate_wait(32) is None  # nothing to refuse by: requests queue until their time-out
+
+
 def test_a_request_the_server_cannot_answer_in_time_gets_503_at_once_with_retry_after(base_engine):
     app = serve.create_app(base_engine, serve.ServeConfig(safety="off", timeout_s=0.001))
     assert app.state.batcher.step_s > 0  # the warm-up batch measured the speed the estimate goes by

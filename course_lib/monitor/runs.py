@@ -121,16 +121,18 @@ def generation_metrics(model, tokenizer, run_dir=None, limit: int = 8, max_new_t
     BLEU compare answers to LIMIT validation questions with their reference answers (wording
     overlap: useful to follow during training, blind to meaning, so never the only judge).
     """
+    items = evaluate.load_eval_set("persona")[:limit]
+    rows = data.load_split(data.ensure_dataset(run_dir))["validation"].select(range(limit))
+    questions = [m["messages"][0]["content"] for m in rows]
+    references = [next(t["content"] for t in m["messages"] if t["role"] == "assistant") for m in rows]
     was_training = model.training
     model.eval()
-    try:
-        persona = evaluate.evaluate(model, tokenizer, "persona", max_new_tokens=max_new_tokens, limit=limit)
-        rows = data.load_split(data.ensure_dataset(run_dir))["validation"].select(range(limit))
-        questions = [m["messages"][0]["content"] for m in rows]
-        references = [next(t["content"] for t in m["messages"] if t["role"] == "assistant") for m in rows]
-        answers = evaluate.generate(model, tokenizer, questions, max_new_tokens, progress=False)
+    try:  # both sets in one batch: on a CPU a decoding step costs about the same for 8 answers as for 16
+        both = evaluate.generate(model, tokenizer, [i["question"] for i in items] + questions, max_new_tokens,
+                                 progress=False)
     finally:
         model.train(was_training)
+    persona, answers = evaluate.score_answers("persona", items, both[:len(items)]), both[len(items):]
     return {"persona_score": persona.score,
             "rouge_l": round(statistics.fmean(evaluate.rouge_l(a, r) for a, r in zip(answers, references)), 4),
             "bleu": round(evaluate.bleu(answers, references), 4),

@@ -49,6 +49,8 @@ class ServeConfig:
     safety: str = "default"  # "default" (the shipped filter), "off", or a JSON file of rules
     name: str = ""  # the model id clients see (default: derived from --model)
     feedback_file: str = ""  # where POST /feedback appends (default: <run dir>/feedback/feedback.jsonl)
+    warm_up: int = 1  # 1: time one full batch at start, so a request that cannot be answered in time gets 503 at
+    #                   once; 0: start sooner (a full batch of 96 takes seconds), no such refusal before a full batch
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -126,7 +128,8 @@ def create_app(engine, config: ServeConfig | None = None, safety=None):
     safety = safety or load_safety(config.safety)
     batcher = Batcher(engine, config.max_batch, config.batch_wait_ms, config.max_queue)
     try:  # the measured speed sizes the busy answers (503)
-        batcher.warm_up(_chat_ids(engine, [{"role": "user", "content": "Tell me about tomatoes."}]))
+        if config.warm_up:
+            batcher.warm_up(_chat_ids(engine, [{"role": "user", "content": "Tell me about tomatoes."}]))
     except Exception:  # a runtime that fails here (llama.cpp crashed) fails each request with its
         pass  # own sentence; the server starts anyway, with no estimate (nothing refused early)
     name = config.name or default_name(engine.info)
