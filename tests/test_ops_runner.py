@@ -68,3 +68,12 @@ def test_discover_orders_main_path_before_appendices(tmp_path):
     for name in ["A1_pretraining", "02_lora_qlora", "00_environment", "_template"]:
         (tmp_path / f"{name}.ipynb").write_text("{}")
     assert [p.stem for p in runner.discover(tmp_path)] == ["00_environment", "02_lora_qlora", "A1_pretraining"]
+
+
+def test_a_recording_starts_without_answers_cached_by_an_earlier_run(tmp_path):
+    assert runner._set_aside_answer_cache(tmp_path) is None  # nothing cached: nothing to do
+    cache = tmp_path / "eval"
+    cache.mkdir()
+    (cache / "persona-0123.json").write_text('{"answers": []}')
+    kept = runner._set_aside_answer_cache(tmp_path)
+    assert not cache.exists() and (kept / "persona-0123.json").exists()  # renamed, never deleted

@@ -107,6 +107,20 @@ def run_course(run_dir=None, small: bool = False, only: list[str] | None = None,
     return report
 
 
+def _set_aside_answer_cache(run_dir: Path) -> Path | None:
+    """Rename RUN_DIR/eval (``evaluate.remembered``'s answers) with its time, so that nothing is reused.
+
+    Within one run, notebooks 05 and 06 still reuse the answers notebook 02 gives, as a learner's do.
+    """
+    cache = run_dir / "eval"
+    if not cache.exists():
+        return None
+    kept = cache.with_name(f"eval.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    cache.rename(kept)
+    print(f"Recording a first run: the answers cached in {cache} were kept aside as {kept.name}.")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.ops.runner", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/)")
@@ -118,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.record_reference and (args.small or args.only):
         parser.error("--record-reference needs a full run with default parameters (no --small, no --only)")
+    if args.record_reference:  # the recorded times are a first run's: no answers from an earlier run
+        _set_aside_answer_cache(paths.run_dir(args.run_dir))
     load_before = os.getloadavg()[0]
     report = run_course(args.run_dir, small=args.small, only=args.only)
     ok = all(nb["status"] == "ok" for nb in report["notebooks"])
