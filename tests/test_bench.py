@@ -34,6 +34,7 @@ def test_smoke_run_writes_every_figure(tiny_model_dir, tmp_path):
     for key in KEYS:
         assert isinstance(figures[key], (int, float)) and math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["course_seconds"] == 12.5 and figures["course_notebooks"]["01_data"] == 7.5
+    assert figures["course_main_path_seconds"] == 12.5  # 00 and 01 are both on the main path
     # Same model, examples, steps and learning rate: the two trainers must land on nearly the same loss.
     assert figures["val_loss_rel_diff"] < 0.05
     # TRL's SFTTrainer gets the same tokens, loss mask, schedule and seed: the same training.
