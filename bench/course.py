@@ -21,10 +21,10 @@ def from_report(report_path) -> dict:
     report = json.loads(path.read_text())
     when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     failed = [nb["name"] for nb in report["notebooks"] if nb["status"] != "ok"]
-    main_path = sum(nb["seconds"] for nb in report["notebooks"] if reference.on_main_path(nb["name"]))
-    return {"course_seconds": report["total_seconds"], "course_main_path_seconds": round(main_path, 1),
-            "course_small_run": report.get("small_run", False),
-            "course_notebooks": {nb["name"]: nb["seconds"] for nb in report["notebooks"]},
+    seconds = {nb["name"]: nb["seconds"] for nb in report["notebooks"]}
+    return {"course_seconds": report["total_seconds"],
+            "course_main_path_seconds": round(reference.main_path_seconds(seconds), 1),
+            "course_small_run": report.get("small_run", False), "course_notebooks": seconds,
             "course_slowest_notebook_seconds": max((nb["seconds"] for nb in report["notebooks"]), default=None),
             "course_note": f"from {path} written {when}" + (f"; failed: {', '.join(failed)}" if failed else "")}
 

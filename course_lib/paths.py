@@ -7,6 +7,7 @@ so that the next notebook finds it and ``make course`` can gather the figures.
 from __future__ import annotations
 
 import os
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -56,3 +57,11 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("COURSE_CACHE_DIR", default)).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def keep_aside(folder: Path) -> Path:
+    """Rename FOLDER to ``<name>.previous-<time>`` beside it and return the new path: an earlier run's
+    artifacts are never overwritten or deleted, only moved out of the way of the next run."""
+    kept = folder.with_name(f"{folder.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(kept)
+    return kept

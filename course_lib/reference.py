@@ -128,13 +128,18 @@ def on_main_path(name: str) -> bool:
     return not name.startswith("A") and name[:2] < "06"
 
 
+def main_path_seconds(seconds: dict[str, float]) -> float:
+    """The main path's time, from SECONDS per notebook name."""
+    return sum(secs for name, secs in seconds.items() if on_main_path(name))
+
+
 def over_budget(table: dict | None = None) -> list[str]:
     """What the recorded run spent beyond BUDGET_SECONDS, one sentence each (empty: within budget).
 
     The main path is notebooks 00 to 05 (``on_main_path``).
     """
     runs = {name: entry["seconds"] for name, entry in (table or load())["notebooks"].items()}
-    main_path = sum(secs for name, secs in runs.items() if on_main_path(name))
+    main_path = main_path_seconds(runs)
     over = [f"{name} took {secs:.0f} s, over {BUDGET_SECONDS['notebook']} s"
             for name, secs in sorted(runs.items()) if secs > BUDGET_SECONDS["notebook"]]
     if main_path > BUDGET_SECONDS["main path"]:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -230,8 +229,7 @@ def output_folder(cfg: TrainConfig, run_dir=None, resume: bool = False) -> Path:
     aside (renamed with its time), never overwritten, unless RESUME continues it."""
     out = Path(cfg.output_dir) if cfg.output_dir else paths.run_dir(run_dir) / "train" / cfg.method
     if out.exists() and any(out.iterdir()) and not resume and _rank() == 0:
-        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(kept)
+        kept = paths.keep_aside(out)
         print(f"An earlier run was in {out}; kept it as {kept.name}.")
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -115,8 +115,7 @@ def _set_aside_answer_cache(run_dir: Path) -> Path | None:
     cache = run_dir / "eval"
     if not cache.exists():
         return None
-    kept = cache.with_name(f"eval.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-    cache.rename(kept)
+    kept = paths.keep_aside(cache)
     print(f"Recording a first run: the answers cached in {cache} were kept aside as {kept.name}.")
     return kept
 
