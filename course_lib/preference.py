@@ -16,6 +16,7 @@ out in the notebook. This module holds what surrounds it:
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -69,25 +70,31 @@ def prompt_pool(n: int, seed: int = 0) -> list[dict]:
     return pool[:n] if n else pool
 
 
-def ask_all(url: str, prompts: list[str], *, temperature: float, max_new_tokens: int, clients: int = 16) -> list[str]:
+def ask_all(url: str, prompts: list[str], *, temperature: float, max_new_tokens: int, clients: int = 16,
+            seed: int | None = None) -> list[str]:
     """Ask the course's server each prompt (``POST /generate``), CLIENTS at a time so it batches them.
 
     Answers come back in the order of PROMPTS. Sampling (temperature > 0) is what users of a chat
     service get, and it shows the model's range: the same prompt can pass one time and fail the next.
+    With SEED, prompt i is sampled with seed SEED * 1_000_000 + i: a rerun gets the same answers,
+    however the server happens to batch the requests; another SEED gets other answers.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
     from tqdm.auto import tqdm
 
-    def ask(prompt: str) -> str:
-        body = {"prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature}
+    def ask(numbered: tuple[int, str]) -> str:
+        i, text = numbered
+        body = {"prompt": text, "max_new_tokens": max_new_tokens, "temperature": temperature}
+        if seed is not None:
+            body["seed"] = seed * 1_000_000 + i
         reply = httpx.post(f"{url}/generate", json=body, timeout=300)
         reply.raise_for_status()
         return reply.json()["text"]
 
     with ThreadPoolExecutor(clients) as pool:
-        return list(tqdm(pool.map(ask, prompts), total=len(prompts), desc="asking the server", unit="prompt"))
+        return list(tqdm(pool.map(ask, enumerate(prompts)), total=len(prompts), desc="asking the server", unit="prompt"))
 
 
 def plot_rules(broken: list[str], answers: int):
@@ -290,6 +297,34 @@ _REFERENCE_LOGPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def thumbs_down_share(items: list[dict], answers: list[str]) -> float:
     """The share of ANSWERS the judge gives a thumbs down."""
     return round(sum(bool(judge(a, i["reference"])) for i, a in zip(items, answers)) / len(answers), 3)
+
+
+def short_of(measures: dict[str, float], target: float = 0.9, *, persona=None, base_general=None, general=None,
+             pairs: int = 0) -> list[str]:
+    """Sentences saying which MEASURES stay under TARGET, and what holds each there: the persona
+    categories that failed (PERSONA, an ``evaluate.EvalResult``), the general questions forgotten
+    (BASE_GENERAL against GENERAL) and how coarse a score over PAIRS held-out pairs is. Computed from the
+    run, so they never go stale."""
+    from collections import Counter
+
+    below = {name: value for name, value in measures.items() if value < target}
+    lines = [f"{name} {value:.2f} is under {target}" for name, value in below.items()]
+    if "persona" in below and persona is not None:
+        category = [item.get("category", "all") for item in persona.items]
+        failed = Counter(c for c, ok in zip(category, persona.passed) if not ok)
+        for name, misses in failed.most_common():
+            rest = [ok for c, ok in zip(category, persona.passed) if c != name]
+            lines.append(f"  persona, {name}: {misses} of {category.count(name)} questions failed; without them "
+                         f"the persona score would be {sum(rest) / max(1, len(rest)):.2f}")
+    if "retention" in below and base_general is not None and general is not None:
+        lost = [item["question"] for item, b, t in zip(general.items, base_general.passed, general.passed) if b and not t]
+        lines += [f"  retention: forgot {len(lost)} of the {sum(base_general.passed)} general questions the base "
+                  "model answered right:"] + [f"    {question}" for question in lost]
+    held = next((v for k, v in below.items() if k.startswith("held-out")), None)
+    if held is not None and pairs:
+        lines.append(f"  held-out: {round(held * pairs)} of {pairs} pairs ranked right; one pair moves the score "
+                     f"by {1 / pairs:.2f}, so {target} needs {math.ceil(target * pairs - 1e-9)} of them")
+    return lines
 
 
 def side_by_side(rows: list[dict]):

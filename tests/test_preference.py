@@ -135,3 +135,21 @@ def test_notebook_06_learns_from_feedback_it_collected_over_http(executed):
     panel = figures["panel"]  # the β / loss panel ran once headless, with the notebook's parameters
     assert panel["beta"] == pytest.approx(0.5) and panel["loss"].startswith("sigmoid + sft") and panel["steps"] == 1
     assert 0 <= panel["heldout_pref_accuracy"] <= 1
+
+
+def test_short_of_names_what_holds_each_missed_measure_under_the_target():
+    from course_lib.evaluate import EvalResult
+
+    items = [{"question": f"q{i}", "category": c} for i, c in enumerate(["advice"] * 4 + ["identity"] * 6)]
+    persona = EvalResult("persona", 0.7, [False, False, True, True] + [True] * 5 + [False], ["a"] * 10, items)
+    general_items = [{"question": q} for q in ("capital?", "boiling point?", "legs of a spider?")]
+    base = EvalResult("general", 1.0, [True, True, False], ["a"] * 3, general_items)
+    tuned = EvalResult("general", 0.5, [True, False, True], ["a"] * 3, general_items)
+    lines = preference.short_of({"persona": 0.7, "retention": 0.5, "held-out ranked right": 5 / 7}, 0.9,
+                                persona=persona, base_general=base, general=tuned, pairs=7)
+    text = "\n".join(lines)
+    assert "persona 0.70 is under 0.9" in text and "retention 0.50 is under 0.9" in text
+    assert "advice: 2 of 4 questions failed; without them the persona score would be 0.83" in text
+    assert "identity: 1 of 6" in text and "forgot 1 of the 2" in text and "boiling point?" in text
+    assert "capital?" not in text and "5 of 7 pairs" in text and "needs 7 of them" in text
+    assert preference.short_of({"persona": 0.95, "retention": 1.0}, 0.9, persona=persona) == []

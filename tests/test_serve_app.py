@@ -330,6 +330,26 @@ def test_32_concurrent_clients_all_get_their_own_answer(open_server, base_engine
     assert summary["latency_p95_ms"] >= summary["latency_p50_ms"] > 0 and summary["tokens_per_s"] > 0
 
 
+def test_seeded_sampled_answers_repeat_over_http_whatever_the_batching(open_server):
+    """``preference.ask_all`` with a seed: 12 prompts at once (batched) and one by one get the same
+    sampled answers, an OpenAI-style seed repeats too, and another seed gives other answers."""
+    from course_lib import evaluate, preference
+
+    questions = [item["question"] for item in evaluate.load_eval_set("general")[:12]]
+    settings = dict(temperature=1.0, max_new_tokens=16, seed=5)
+    together = preference.ask_all(open_server.url, questions, clients=12, **settings)
+    one_by_one = preference.ask_all(open_server.url, questions, clients=1, **settings)
+    assert sum(a == b for a, b in zip(together, one_by_one)) >= 11, list(zip(together, one_by_one))
+    other = preference.ask_all(open_server.url, questions, clients=12, **{**settings, "seed": 6})
+    assert sum(a != b for a, b in zip(together, other)) >= 6
+    name = httpx.get(f"{open_server.url}/v1/models").json()["data"][0]["id"]
+    chat = {"model": name, "messages": [{"role": "user", "content": PARIS}], "temperature": 1.0, "seed": 11,
+            "max_tokens": 16}
+    texts = {_post(open_server.url, "/v1/chat/completions", chat).json()["choices"][0]["message"]["content"]
+             for _ in range(2)}
+    assert len(texts) == 1
+
+
 # --------------------------------------------------------------------------- the background process
 
 

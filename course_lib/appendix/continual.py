@@ -121,8 +121,8 @@ def trainable_count(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def run_strategy(strategy: str, adapter_dir, run_dir, *, steps: int = 24, batch_size: int = 8,
-                 learning_rate: float = 1e-3, replay_share: float = 0.5, keep_top: float = 0.5,
+def run_strategy(strategy: str, adapter_dir, run_dir, *, steps: int = 18, batch_size: int = 8,
+                 learning_rate: float = 2e-3, replay_share: float = 0.5, keep_top: float = 0.5,
                  seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48) -> dict:
     """Start from the persona adapter, learn the new facts with STRATEGY, score old and new."""
     from transformers import set_seed

@@ -294,7 +294,7 @@ def _admit(engine, safety, config: ServeConfig, chat: list[dict], max_new_tokens
     if len(ids) > config.max_prompt_tokens:
         raise RequestError(422, f"the prompt is {len(ids)} tokens; this server accepts at most "
                                 f"{config.max_prompt_tokens} (--max-prompt-tokens).")
-    return GenRequest(ids, max_new_tokens, body.temperature, body.top_p, body.stops()), None
+    return GenRequest(ids, max_new_tokens, body.temperature, body.top_p, body.stops(), body.seed), None
 
 
 ADMIT_SHARE = 0.8  # a request is refused at once when its estimated wait passes this share of its time-out

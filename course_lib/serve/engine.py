@@ -33,10 +33,12 @@ class GenRequest:
     temperature: float = 0.0  # 0 = greedy (the course's default: answers you can compare)
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # a sampled answer that repeats: the same seed gives the same answer, in any batch
 
     def sampling_key(self) -> tuple:
         """Requests with the same key can share one ``generate`` call."""
-        return (self.temperature > 0, round(self.temperature, 4), round(self.top_p, 4), self.stop)
+        seeded = self.temperature > 0 and self.seed is not None
+        return (self.temperature > 0, round(self.temperature, 4), round(self.top_p, 4), self.stop, seeded)
 
 
 @dataclass
@@ -98,9 +100,10 @@ class TorchEngine(Engine):
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests])
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests])
+        settings = self._settings(requests[0], max(r.max_new_tokens for r in requests), [r.seed for r in requests])
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                      **self._settings(requests[0], max(r.max_new_tokens for r in requests)))
+                                      **settings)
         return [self._result(row[width:].tolist(), r) for row, r in zip(out, requests)]
 
     def stream(self, request: GenRequest, should_stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
@@ -128,17 +131,47 @@ class TorchEngine(Engine):
         with torch.no_grad():
             self.model.generate(**kwargs)
 
-    def _settings(self, request: GenRequest, max_new_tokens: int) -> dict:
-        sampled = request.temperature > 0
+    def _settings(self, request: GenRequest, max_new_tokens: int, seeds: list | None = None) -> dict:
+        """``generate``'s settings for REQUEST's sampling; SEEDS (one per row) if the rows are seeded."""
+        seeded = request.temperature > 0 and request.seed is not None
+        sampled = request.temperature > 0 and not seeded
         settings = dict(max_new_tokens=max_new_tokens, do_sample=sampled, use_cache=True,
                         pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids)
         if sampled:
             settings.update(temperature=request.temperature, top_p=request.top_p, top_k=0)
-        else:  # greedy: silence the sampling defaults that generation_config.json may carry
+        else:  # greedy, or seeded sampling done as greedy on noisy scores: silence generation_config's defaults
             settings.update(temperature=None, top_p=None, top_k=None)
+        if seeded:
+            settings.update(logits_processor=seeded_sampling(request.temperature, request.top_p, seeds or [request.seed]))
         if request.stop:  # transformers stops each sequence at the first stop string it produces
             settings.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
         return settings
+
+
+def seeded_sampling(temperature: float, top_p: float, seeds: list[int]):
+    """Sampling that each row repeats from its own seed, whatever else shares its batch.
+
+    ``generate(do_sample=True)`` draws every row from one random generator, so a row's answer depends
+    on which requests happened to share its batch. Here each row gets its own generator, and sampling
+    is done with the Gumbel-max trick: the argmax of (logits / temperature + Gumbel noise) is a draw from
+    softmax(logits / temperature) (Gumbel 1954; see Huijben et al. 2022, "A Review of the Gumbel-max
+    Trick"), so ``generate`` runs greedily on noisy scores. transformers has no per-row generator,
+    which is why this processor exists; its temperature and top-p steps are transformers' own.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    class GumbelNoise(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+        def __call__(self, input_ids, scores):
+            # -log(E) with E ~ Exp(1) is Gumbel noise; row i's draws come from row i's generator only
+            noise = torch.stack([torch.empty(scores.shape[-1]).exponential_(generator=g) for g in self.generators])
+            return scores - noise.log().to(scores.device, scores.dtype)
+
+    steps = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
+    return LogitsProcessorList(steps + [GumbelNoise()])
 
 
 class RunnerEngine(Engine):

@@ -8,12 +8,12 @@ request schema and sorts each field into one of three groups:
 
 - **honoured**: ``messages`` (text content, as a string or a list of text parts, joined by newlines),
   ``developer`` messages (read as ``system``: OpenAI's newer name for the same turn), ``temperature``,
-  ``top_p``, ``stop``, ``max_tokens`` / ``max_completion_tokens``, ``stream`` and
-  ``stream_options.include_usage`` (a last chunk with the token counts);
+  ``top_p``, ``seed`` (a sampled answer repeats for the same seed, whatever shares its batch), ``stop``,
+  ``max_tokens`` / ``max_completion_tokens``, ``stream`` and ``stream_options.include_usage`` (a last
+  chunk with the token counts);
 - **accepted and ignored**, because they change nothing here or the engine cannot do them:
   ``name`` on a message (the chat template has no place for it), ``user``, ``metadata``, ``store``,
-  ``seed`` (greedy answers are the same every time anyway; sampled ones come from a shared batch, so a
-  seed could not make them repeatable), ``presence_penalty`` / ``frequency_penalty`` / ``logit_bias``
+  ``presence_penalty`` / ``frequency_penalty`` / ``logit_bias``
   (the engine has no additive penalties: transformers' ``repetition_penalty`` is a different formula,
   and a wrong imitation would be worse than none), ``parallel_tool_calls`` (only means something with
   tools), ``response_format`` ``{"type": "text"}`` (what every answer is), and fields outside
@@ -46,6 +46,7 @@ class Sampling(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: list[str] | str | None = None
+    seed: int | None = Field(None, ge=-2**63, lt=2**64)  # temperature > 0: same seed, same answer (torch's range)
 
     def stops(self) -> tuple[str, ...]:
         """The stop strings, without empty ones: an empty string is "found" at once and would cut every answer."""
@@ -121,7 +122,6 @@ class ChatBody(Sampling):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    seed: int | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     parallel_tool_calls: bool | None = None
