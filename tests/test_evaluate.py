@@ -84,3 +84,32 @@ def test_remembered_answers_once_per_key_and_never_for_other_weights(monkeypatch
     assert second_key != first_key and calls == [4, 2] and fresh.answers[0].startswith("two says")
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         runs.fingerprint(tmp_path / "eval")
+
+
+def test_greedy_in_rounds_gives_the_answers_of_one_generate_call(tiny_model_dir):
+    """Rows that end leave the batch between rounds; every row's tokens are those of one plain call."""
+    import torch
+
+    from course_lib import models
+
+    model, tokenizer = models.load(str(tiny_model_dir))
+    tokenizer.padding_side = "left"
+    prompts = ["Hello", "How do I water a fern in a pot on a sunny sill?", "Name a tree", "Why?"]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    plain = dict(do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        first = model.generate(**inputs, **plain)[:, inputs["input_ids"].shape[1]:]
+        # end rows early: the second token of row 0 and the fifth of row 2 become end-of-answer tokens
+        model.generation_config.eos_token_id = [int(first[0, 1]), int(first[2, 4])]
+        expected = model.generate(**inputs, **plain, eos_token_id=model.generation_config.eos_token_id)
+        got = evaluate.greedy_in_rounds(model, tokenizer, inputs, 10, round_tokens=3)
+    width = inputs["input_ids"].shape[1]
+    stops = set(model.generation_config.eos_token_id)
+    for row, tokens in enumerate(got):
+        want = expected[row, width:].tolist()
+        ended = next((i for i, t in enumerate(want) if t in stops), None)
+        if ended is None:
+            assert tokens == want, row
+        else:  # the same tokens up to and including the end; what a batch pads after it does not matter
+            assert tokens[:ended + 1] == want[:ended + 1] and len(tokens) < 10, row
+    assert any(t in stops for t in got[0][:2]) and len(got[0]) == 3  # row 0 left after the first round
