@@ -299,16 +299,18 @@ def thumbs_down_share(items: list[dict], answers: list[str]) -> float:
     return round(sum(bool(judge(a, i["reference"])) for i, a in zip(items, answers)) / len(answers), 3)
 
 
-def short_of(measures: dict[str, float], target: float = 0.9, *, persona=None, base_general=None, general=None,
-             pairs: int = 0) -> list[str]:
-    """Sentences saying which MEASURES stay under TARGET, and what holds each there: the persona
-    categories that failed (PERSONA, an ``evaluate.EvalResult``), the general questions forgotten
-    (BASE_GENERAL against GENERAL) and how coarse a score over PAIRS held-out pairs is. Computed from the
-    run, so they never go stale."""
+def short_of(measures: dict[str, float], target: float = 0.9, *, start: dict | None = None, persona=None,
+             base_general=None, general=None, start_general=None, pairs: int = 0) -> list[str]:
+    """Sentences saying which MEASURES stay under TARGET, and what holds each there: where the model
+    started (START, the same measures before this training), the persona categories that failed
+    (PERSONA, an ``evaluate.EvalResult``), the general questions forgotten (BASE_GENERAL against
+    GENERAL; those already forgotten at the start, START_GENERAL, are marked) and how coarse a score over
+    PAIRS held-out pairs is. Computed from the run, so they never go stale."""
     from collections import Counter
 
     below = {name: value for name, value in measures.items() if value < target}
-    lines = [f"{name} {value:.2f} is under {target}" for name, value in below.items()]
+    started = {name: f" (it started at {start[name]:.2f})" for name in below if (start or {}).get(name) is not None}
+    lines = [f"{name} {value:.2f} is under {target}{started.get(name, '')}" for name, value in below.items()]
     if "persona" in below and persona is not None:
         category = [item.get("category", "all") for item in persona.items]
         failed = Counter(c for c, ok in zip(category, persona.passed) if not ok)
@@ -317,9 +319,12 @@ def short_of(measures: dict[str, float], target: float = 0.9, *, persona=None, b
             lines.append(f"  persona, {name}: {misses} of {category.count(name)} questions failed; without them "
                          f"the persona score would be {sum(rest) / max(1, len(rest)):.2f}")
     if "retention" in below and base_general is not None and general is not None:
-        lost = [item["question"] for item, b, t in zip(general.items, base_general.passed, general.passed) if b and not t]
+        was = start_general.passed if start_general is not None else [True] * len(general.passed)
+        lost = [(item["question"], not w) for item, b, t, w in
+                zip(general.items, base_general.passed, general.passed, was) if b and not t]
         lines += [f"  retention: forgot {len(lost)} of the {sum(base_general.passed)} general questions the base "
-                  "model answered right:"] + [f"    {question}" for question in lost]
+                  "model answered right:"] + [f"    {q}" + (" (already forgotten at the start)" if before else "")
+                                              for q, before in lost]
     held = next((v for k, v in below.items() if k.startswith("held-out")), None)
     if held is not None and pairs:
         lines.append(f"  held-out: {round(held * pairs)} of {pairs} pairs ranked right; one pair moves the score "

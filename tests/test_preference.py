@@ -145,10 +145,13 @@ def test_short_of_names_what_holds_each_missed_measure_under_the_target():
     general_items = [{"question": q} for q in ("capital?", "boiling point?", "legs of a spider?")]
     base = EvalResult("general", 1.0, [True, True, False], ["a"] * 3, general_items)
     tuned = EvalResult("general", 0.5, [True, False, True], ["a"] * 3, general_items)
+    start = EvalResult("general", 0.5, [True, False, False], ["a"] * 3, general_items)
     lines = preference.short_of({"persona": 0.7, "retention": 0.5, "held-out ranked right": 5 / 7}, 0.9,
-                                persona=persona, base_general=base, general=tuned, pairs=7)
+                                start={"persona": 0.8, "retention": 0.5}, persona=persona, base_general=base,
+                                general=tuned, start_general=start, pairs=7)
     text = "\n".join(lines)
-    assert "persona 0.70 is under 0.9" in text and "retention 0.50 is under 0.9" in text
+    assert "persona 0.70 is under 0.9 (it started at 0.80)" in text and "retention 0.50 is under 0.9 (it started" in text
+    assert "boiling point? (already forgotten at the start)" in text
     assert "advice: 2 of 4 questions failed; without them the persona score would be 0.83" in text
     assert "identity: 1 of 6" in text and "forgot 1 of the 2" in text and "boiling point?" in text
     assert "capital?" not in text and "5 of 7 pairs" in text and "needs 7 of them" in text
