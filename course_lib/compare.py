@@ -29,45 +29,40 @@ def compare_methods(methods=("full", "lora", "qlora", "prompt_tuning"), run_dir=
 
     A fresh process per method because peak memory (the process's peak RSS on CPU) only ever
     grows: measured in one process, every method after the hungriest would inherit its peak.
-    On a CPU with two or more cores two runs go at once, each with half the cores
-    (``OMP_NUM_THREADS``), and the next method starts as soon as one ends: peak memory is per
-    process, and every run has the same share of the machine throughout, so their tokens/s still
-    compare (each is about half what the whole CPU gives).
+    On a CPU with two or more cores the runs go two at a time, each with half the cores
+    (``OMP_NUM_THREADS``): peak memory is per process, and every run gets the same share of the
+    machine, so their tokens/s still compare (each is about half what the whole CPU gives).
+    A failure or an interrupt stops the runs still going.
     ``learning_rates`` overrides METHOD_LEARNING_RATES; others use ``settings["learning_rate"]``.
     """
-    import time
-
     from tqdm.auto import tqdm
 
     run_dir = paths.run_dir(run_dir)
     rates = {**METHOD_LEARNING_RATES, **(learning_rates or {})}
     together = 2 if models.pick_device() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
     env = {**os.environ, "OMP_NUM_THREADS": str((os.cpu_count() or 2) // together)} if together > 1 else None
-    waiting, running, rows = list(methods), {}, {}
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp, tqdm(total=len(methods), desc="methods", unit="run") as bar:
-        try:
-            while waiting or running:
-                while waiting and len(running) < together:  # a free slot: start the next method
-                    method = waiting.pop(0)
+        for first in range(0, len(methods), together):
+            running = {}
+            try:
+                for method in methods[first:first + together]:
                     args = {"save_every": "no", **settings, "method": method,
                             "output_dir": str(run_dir / "compare" / method)}
                     if method in rates:
                         args["learning_rate"] = rates[method]
                     running[method] = (*_start_run(args, run_dir, Path(tmp), env), args.get("learning_rate"))
-                for method, (process, summary, log, rate) in list(running.items()):
-                    if process.poll() is None:
-                        continue
-                    del running[method]
-                    if process.returncode != 0:
+                for method, (process, summary, log, rate) in running.items():
+                    if process.wait() != 0:
                         last = (log.read_text().strip().splitlines() or ["no message"])[-1]
                         raise RuntimeError(f"{method} failed: {last}")
                     rows[method] = json.loads(summary.read_text()) | {"learning_rate": rate}
                     bar.update()
-                time.sleep(0.2)
-        finally:  # a failure or an interrupt stops the runs still going
-            for process, *_ in running.values():
-                process.kill()
-                process.wait()
+            finally:  # after a failure or an interrupt, no run is left going
+                for process, *_ in running.values():
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
     return [rows[method] for method in methods]
 
 

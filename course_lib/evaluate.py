@@ -106,9 +106,11 @@ def greedy_in_rounds(model, tokenizer, inputs, max_new_tokens: int, round_tokens
                              max_new_tokens=min(round_tokens, max_new_tokens - made), use_cache=True,
                              pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True)
         fresh = out.sequences[:, ids.shape[1]:]
-        for row, tokens in zip(rows, fresh.tolist()):
+        going = []
+        for i, (row, tokens) in enumerate(zip(rows, fresh.tolist())):
             new[row] += tokens
-        going = [i for i, tokens in enumerate(fresh.tolist()) if not stop & set(tokens)]
+            if not stop & set(tokens):
+                going.append(i)
         made += fresh.shape[1]
         if not going or made >= max_new_tokens:
             break

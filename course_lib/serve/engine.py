@@ -35,10 +35,14 @@ class GenRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # a sampled answer that repeats: the same seed gives the same answer, in any batch
 
+    @property
+    def seeded(self) -> bool:
+        """Sampled with a seed of its own (a seed on a greedy request changes nothing)."""
+        return self.temperature > 0 and self.seed is not None
+
     def sampling_key(self) -> tuple:
         """Requests with the same key can share one ``generate`` call."""
-        seeded = self.temperature > 0 and self.seed is not None
-        return (self.temperature > 0, round(self.temperature, 4), round(self.top_p, 4), self.stop, seeded)
+        return (self.temperature > 0, round(self.temperature, 4), round(self.top_p, 4), self.stop, self.seeded)
 
 
 @dataclass
@@ -133,15 +137,14 @@ class TorchEngine(Engine):
 
     def _settings(self, request: GenRequest, max_new_tokens: int, seeds: list | None = None) -> dict:
         """``generate``'s settings for REQUEST's sampling; SEEDS (one per row) if the rows are seeded."""
-        seeded = request.temperature > 0 and request.seed is not None
-        sampled = request.temperature > 0 and not seeded
+        sampled = request.temperature > 0 and not request.seeded
         settings = dict(max_new_tokens=max_new_tokens, do_sample=sampled, use_cache=True,
                         pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids)
         if sampled:
             settings.update(temperature=request.temperature, top_p=request.top_p, top_k=0)
         else:  # greedy, or seeded sampling done as greedy on noisy scores: silence generation_config's defaults
             settings.update(temperature=None, top_p=None, top_k=None)
-        if seeded:
+        if request.seeded:
             settings.update(logits_processor=seeded_sampling(request.temperature, request.top_p, seeds or [request.seed]))
         if request.stop:  # transformers stops each sequence at the first stop string it produces
             settings.update(stop_strings=list(request.stop), tokenizer=self.tokenizer)
