@@ -261,10 +261,10 @@ def answer_logps(model, tokenizer, prompt: list[dict], answer: list[dict], mean:
     whole = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
     start = len(tokenizer(context, add_special_tokens=False)["input_ids"])
     ids = torch.tensor([tokenizer(whole, add_special_tokens=False)["input_ids"]], device=model.device)
-    with torch.no_grad():
-        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-    targets = ids[0, 1:]
-    picked = logps.gather(1, targets[:, None])[start - 1:, 0]
+    predicting = torch.arange(start - 1, ids.shape[1] - 1, device=ids.device)  # positions that predict the answer
+    with torch.no_grad():  # logits_to_keep: no vocabulary-wide product for the prompt's positions
+        logps = torch.log_softmax(model(input_ids=ids, logits_to_keep=predicting).logits[0].float(), dim=-1)
+    picked = logps.gather(1, ids[0, start:, None])[:, 0]
     return (picked.mean() if mean else picked.sum()).item()
 
 
