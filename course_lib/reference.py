@@ -56,10 +56,14 @@ def time_phrase(secs: float | None) -> str:
 
 
 def caption(table: dict | None = None) -> str:
+    """The run's date and machine, with the fp32 matrix-product speed notebook 00 measured during it: a
+    shared or virtual machine's speed changes by the hour, and every time in the run moves with it."""
     table = table or load()
     machine = table.get("machine", {})
+    speed = figure("00_environment", "matmul_gflops.float32", None, table)
+    measured = f", fp32 matrix products at {speed:.0f} GFLOP/s (notebook 00)" if speed else ""
     return (f"Reference run of {table.get('recorded') or 'no date'}: {machine.get('cpu', '?')}, "
-            f"{machine.get('cores', '?')} cores, load average {machine.get('load_before', '?')} before, "
+            f"{machine.get('cores', '?')} cores, load average {machine.get('load_before', '?')} before{measured}, "
             f"default parameters")
 
 

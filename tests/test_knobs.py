@@ -132,6 +132,14 @@ def test_over_budget_names_each_part_of_the_budget_a_run_exceeded():
     assert reference.over_budget({"notebooks": {"00_environment": {"seconds": 10.0}}}) == []
 
 
+def test_the_caption_gives_the_matrix_speed_the_run_was_measured_at():
+    table = {"recorded": "2026-12-04", "machine": {"cpu": "AMD EPYC", "cores": 2, "load_before": 1.2},
+             "notebooks": {"00_environment": {"seconds": 90.0, "figures": {"matmul_gflops": {"float32": 121.1}}}}}
+    assert "AMD EPYC, 2 cores, load average 1.2 before, fp32 matrix products at 121 GFLOP/s" in reference.caption(table)
+    del table["notebooks"]["00_environment"]["figures"]
+    assert "GFLOP/s" not in reference.caption(table)  # an older recording without the figure
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_try_it_has_a_check_and_nothing_stops_run_all(path):
     cells = _cells(path)
