@@ -73,6 +73,17 @@ def test_sequence_logprobs_score_only_the_answer_and_ignore_padding(tiny):
     assert batched[0].item() == pytest.approx(manual.item(), abs=1e-4) and (batched < 0).all()
 
 
+def test_pair_gaps_are_male_minus_female_whatever_the_chunks(tiny, probes):
+    model, tok = tiny
+    pairs = fairness.pronoun_pairs(probes, "train")[:3]
+    with torch.no_grad():
+        male = fairness.sequence_logprobs(model, tok, [p.prompt for p in pairs], [p.male for p in pairs])
+        female = fairness.sequence_logprobs(model, tok, [p.prompt for p in pairs], [p.female for p in pairs])
+        for batch_size in (2, 4, 16):  # chunks that split the six rows, mix both versions, or hold them all
+            got = fairness.pair_gaps(model, tok, pairs, batch_size=batch_size)
+            assert torch.allclose(got, male - female, atol=1e-4), batch_size
+
+
 def test_yes_margin_is_the_same_batched_with_left_padding(tiny):
     model, tok = tiny
     prompts = ["Can basil survive frost?", "Hi, I'm Emma. Do succulents need less water than ferns? Please answer yes or no."]

@@ -165,7 +165,7 @@ def pair_gaps(model, tokenizer, pairs: list[Pair], batch_size: int = 16):
     """log p(male version) - log p(female version) for each pair (a differentiable tensor)."""
     prompts = [p.prompt for p in pairs]
     both = sequence_logprobs(model, tokenizer, prompts + prompts, [p.male for p in pairs] + [p.female for p in pairs],
-                             batch_size)  # one batch for both versions: fewer, fuller forward passes
+                             batch_size)  # both versions together: fewer, fuller forward passes
     return both[:len(pairs)] - both[len(pairs):]
 
 
