@@ -221,6 +221,20 @@ def retention(base: EvalResult, tuned: EvalResult) -> float:
     return round(sum(kept) / len(kept), 3) if kept else float("nan")
 
 
+def next_token_logps(model, ids, attention_mask=None, first: int = 0):
+    """log p(ids[:, t + 1] | ids[:, :t + 1]) for t = FIRST .. length - 2, one row per sequence.
+
+    Only those positions' logits are computed (transformers' ``logits_to_keep`` takes the positions
+    to keep): for a short answer after a long prompt, the vocabulary-wide product and softmax at
+    every prompt position would be most of the cost. Differentiable; wrap in ``torch.no_grad`` to score.
+    """
+    import torch
+
+    keep = torch.arange(first, ids.shape[1] - 1, device=ids.device)
+    logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits.float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, first + 1:, None]).squeeze(-1)
+
+
 def perplexity_from_loss(loss: float) -> float:
     """e ** LOSS (a mean cross-entropy in nats), rounded; NaN stays NaN."""
     return round(math.exp(loss), 3) if loss == loss else float("nan")

@@ -24,7 +24,7 @@ import sys
 import weakref
 from pathlib import Path
 
-from course_lib import knobs, models, paths, procmem, report, train, ui
+from course_lib import evaluate, knobs, models, paths, procmem, report, train, ui
 
 SIGN_OFF = "Happy growing!"
 MAX_WORDS = 60
@@ -261,10 +261,8 @@ def answer_logps(model, tokenizer, prompt: list[dict], answer: list[dict], mean:
     whole = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
     start = len(tokenizer(context, add_special_tokens=False)["input_ids"])
     ids = torch.tensor([tokenizer(whole, add_special_tokens=False)["input_ids"]], device=model.device)
-    predicting = torch.arange(start - 1, ids.shape[1] - 1, device=ids.device)  # positions that predict the answer
-    with torch.no_grad():  # logits_to_keep: no vocabulary-wide product for the prompt's positions
-        logps = torch.log_softmax(model(input_ids=ids, logits_to_keep=predicting).logits[0].float(), dim=-1)
-    picked = logps.gather(1, ids[0, start:, None])[:, 0]
+    with torch.no_grad():
+        picked = evaluate.next_token_logps(model, ids, first=start - 1)[0]  # the answer's tokens
     return (picked.mean() if mean else picked.sum()).item()
 
 

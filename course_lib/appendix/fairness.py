@@ -126,13 +126,8 @@ def sequence_logprobs(model, tokenizer, prompts: list[str], answers: list[str], 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=device)
-        # Logits only from the first position that predicts an answer token (transformers' logits_to_keep
-        # takes the positions to keep): the vocabulary-wide product and softmax at every prompt position
-        # were most of the cost for answers this short.
-        first = min(head_len for _, head_len in chunk) - 1
-        keep = torch.arange(first, width - 1, device=device)
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, first + 1:, None]).squeeze(-1)
+        first = min(head_len for _, head_len in chunk) - 1  # the first position that predicts an answer token
+        logp = evaluate.next_token_logps(model, ids, mask, first)
         scored = torch.zeros_like(logp)
         for i, (r, head_len) in enumerate(chunk):
             scored[i, head_len - 1 - first:len(r) - 1 - first] = 1  # positions predicting the answer's tokens
