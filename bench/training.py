@@ -119,7 +119,7 @@ def _peer_arguments(cfg, device: str) -> dict:
     return dict(output_dir=cfg.output_dir, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
                 learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup,
                 lr_scheduler_type=cfg.scheduler, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
-                report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
+                report_to=[], save_strategy="no", disable_tqdm=True,
                 **train.precision_flags(cfg.precision, device))
 
 

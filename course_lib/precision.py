@@ -34,10 +34,15 @@ MIN_SPEEDUP = 1.1  # ... and must train at least this much faster than fp32 (bel
 
 
 def machine_key() -> str:
-    """What the measurement depends on: the CPU and the PyTorch build (its kernels)."""
+    """What the measurement depends on: the CPU, its bf16 units and the PyTorch build (its kernels).
+
+    The flags are part of the key because a model name can hide two chips: a cloud VM reported as
+    "AMD EPYC" ran on hosts with and without ``avx512_bf16``, and bf16 won on one, lost on the other.
+    """
     import torch
 
-    return f"{cpu.cpu_name()} | torch {torch.__version__}"
+    units = sorted(flag for flag in cpu.cpu_flags() if "bf16" in flag or flag.startswith("amx"))
+    return f"{cpu.cpu_name()} [{' '.join(units) or 'no bf16 units'}] | torch {torch.__version__}"
 
 
 def _cache_file():

@@ -404,7 +404,7 @@ def _dpo_steps(pairs_file: str, model_name: str, reference: str, steps: int) -> 
     # without a fast bf16 kernel made this one step take a minute instead of seconds.
     config = DPOConfig(output_dir=str(paths.run_dir() / "preference" / "memory"), max_steps=steps,
                        per_device_train_batch_size=2, report_to=[], save_strategy="no", disable_tqdm=True,
-                       use_cpu=device != "cuda", max_length=160, **train.precision_flags("auto", device))
+                       max_length=160, **train.precision_flags("auto", device))
     lora = LoraConfig(r=knobs.LORA_R, lora_alpha=knobs.LORA_ALPHA, target_modules=knobs.TARGET_MODULES.split(","),
                       task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=Dataset.from_list(pairs),

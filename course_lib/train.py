@@ -171,7 +171,10 @@ class TrainResult:
 
 
 def precision_flags(precision: str, device: str) -> dict:
-    """Trainer's mixed-precision switches for this device.
+    """Trainer's mixed-precision switches for this device (and ``use_cpu`` on a CPU).
+
+    ``use_cpu`` comes with them because transformers refuses ``bf16=True`` without it on a machine
+    with no GPU ("Your setup doesn't support bf16/gpu"), and on a CPU the measured choice can be bf16.
 
     "auto": on GPUs, bf16 where supported (Ampere and newer), else fp16 (a T4) with loss scaling;
     on a CPU, what ``course_lib.precision`` measured fastest on this machine (measuring once if it
@@ -190,7 +193,7 @@ def precision_flags(precision: str, device: str) -> dict:
             precision = "fp32"
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": device == "cpu"}
 
 
 def build_datasets(cfg: TrainConfig, tokenizer, run_dir: Path):
@@ -264,7 +267,7 @@ def training_arguments(cfg: TrainConfig, out: Path, device: str):
         save_total_limit=2, report_to=["tensorboard"] if cfg.tensorboard else [],
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, dataloader_num_workers=0,
         include_num_input_tokens_seen="all",  # padding-free batches: every token is a real one
-        use_cpu=device == "cpu", disable_tqdm=cfg.quiet,
+        disable_tqdm=cfg.quiet,
     )
 
 

@@ -57,8 +57,8 @@ def test_first_use_measures_once_and_later_uses_remember(own_cache, monkeypatch)
     monkeypatch.setattr(precision_speed, "measure", fake_measure)
     assert precision.cpu_choice() is None and models.pick_dtype("cpu") == torch.float32  # loading never measures
     assert calls == []
-    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False}  # training measures, once
-    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False}
+    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False, "use_cpu": True}  # training measures, once
+    assert train.precision_flags("auto", "cpu") == {"bf16": True, "fp16": False, "use_cpu": True}
     assert calls == [1]
     assert precision.cpu_choice() == "bf16-weights" and models.pick_dtype("cpu") == torch.bfloat16
     saved = json.loads((own_cache / "precision.json").read_text())[precision.machine_key()]
@@ -74,15 +74,19 @@ def test_a_broken_cache_file_means_measure_again(own_cache, monkeypatch):
 
 
 @pytest.mark.parametrize("choice, flags, dtype", [
-    ("fp32", {"bf16": False, "fp16": False}, torch.float32),
-    ("bf16", {"bf16": True, "fp16": False}, torch.float32),
-    ("bf16-weights", {"bf16": True, "fp16": False}, torch.bfloat16),
+    ("fp32", {"bf16": False, "fp16": False, "use_cpu": True}, torch.float32),
+    ("bf16", {"bf16": True, "fp16": False, "use_cpu": True}, torch.float32),
+    ("bf16-weights", {"bf16": True, "fp16": False, "use_cpu": True}, torch.bfloat16),
 ])
-def test_the_choice_serves_training_flags_and_loading(own_cache, choice, flags, dtype):
+def test_the_choice_serves_training_flags_and_loading(own_cache, choice, flags, dtype, tmp_path):
+    from transformers import TrainingArguments
+
     precision.remember({"fp32": figures(100)}, choice)
     assert train.precision_flags("auto", "cpu") == flags
+    # transformers accepts them on a machine without a GPU (bf16 needs use_cpu there)
+    assert TrainingArguments(output_dir=str(tmp_path), report_to=[], **flags).bf16 == flags["bf16"]
     assert models.pick_dtype("cpu") == dtype
-    assert train.precision_flags("fp32", "cpu") == {"bf16": False, "fp16": False}  # explicit wins
+    assert train.precision_flags("fp32", "cpu") == {"bf16": False, "fp16": False, "use_cpu": True}  # explicit wins
     assert models.pick_dtype("mps") == torch.float32
 
 
@@ -120,3 +124,15 @@ def test_probe_and_one_real_measurement_on_the_tiny_model(tiny_model_dir):
     got = precision_speed.measure_one("fp32", str(tiny_model_dir), seq_len=32, batch_size=2, steps=1, new_tokens=2)
     assert got["train_tokens_per_s"] > 0 and got["generate_tokens_per_s"] > 0
     assert math.isfinite(got["loss"]) and got["loss"] > 0
+
+
+def test_a_chip_with_other_bf16_units_is_measured_again(own_cache, monkeypatch):
+    """Same model name, other bf16 units (a VM moved to another host): the old choice must not apply."""
+    from course_lib import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f"})
+    precision.remember({"fp32": figures(100)}, "fp32")
+    assert precision.cpu_choice() == "fp32"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert "avx512_bf16" in precision.machine_key()
+    assert precision.cpu_choice() is None

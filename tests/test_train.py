@@ -237,8 +237,8 @@ def test_replay_mixes_the_requested_share():
 
 
 def test_precision_follows_the_device():
-    assert train.precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}
-    assert train.precision_flags("fp16", "cuda") == {"bf16": False, "fp16": True}
+    assert train.precision_flags("auto", "cpu") == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert train.precision_flags("fp16", "cuda") == {"bf16": False, "fp16": True, "use_cpu": False}
     with pytest.raises(ValueError, match="precision"):
         train.precision_flags("fp8", "cpu")
 
