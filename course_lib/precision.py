@@ -82,18 +82,24 @@ def pinned() -> str | None:
 
 def choose(measured: dict, tolerance: float = LOSS_TOLERANCE, min_speedup: float = MIN_SPEEDUP) -> str:
     """The fastest format whose loss agrees with fp32's within TOLERANCE and that beats fp32's
-    training speed by MIN_SPEEDUP; fp32 when none does (or when fp32 was not measured)."""
+    training speed by MIN_SPEEDUP; fp32 when none does (or when fp32 was not measured).
+
+    Formats that train within MIN_SPEEDUP of the fastest are a tie (timing noise, on a shared
+    machine): among them the one that generates fastest wins, since evaluation and the server use
+    the choice too. Without the tie-break, bf16 and bf16-weights swapped places between runs.
+    """
     base = measured.get("fp32")
     if not base:
         return "fp32"
-    best, best_speed = "fp32", base["train_tokens_per_s"] * min_speedup
-    for name, m in measured.items():
-        if m.get("skipped"):
-            continue
-        agrees = abs(m["loss"] - base["loss"]) <= tolerance * abs(base["loss"])
-        if name != "fp32" and agrees and m["train_tokens_per_s"] >= best_speed:
-            best, best_speed = name, m["train_tokens_per_s"]
-    return best
+    fast = {name: m for name, m in measured.items()
+            if name != "fp32" and not m.get("skipped")
+            and abs(m["loss"] - base["loss"]) <= tolerance * abs(base["loss"])
+            and m["train_tokens_per_s"] >= base["train_tokens_per_s"] * min_speedup}
+    if not fast:
+        return "fp32"
+    fastest = max(m["train_tokens_per_s"] for m in fast.values())
+    tied = {name: m for name, m in fast.items() if m["train_tokens_per_s"] * min_speedup >= fastest}
+    return max(tied, key=lambda name: (tied[name]["generate_tokens_per_s"], tied[name]["train_tokens_per_s"]))
 
 
 def cpu_choice() -> str | None:

@@ -3,7 +3,7 @@
 
 A one-second ``probe`` first (one layer's forward and backward pass), then, for every format whose
 probe is not slower than fp32's, real LoRA training steps on persona batches and a short greedy
-generation (``measure_one``). The model is made trainable with PEFT's own calls, as in notebook 02.
+generation, the formats taking turns (``measure_side_by_side``). The model is made trainable with PEFT's own calls, as in notebook 02.
 """
 
 from __future__ import annotations
@@ -36,13 +36,8 @@ def _batch(tokenizer, seq_len: int, batch_size: int):
     return batches.FlatCollator()(rows), total
 
 
-def measure_one(fmt: str, model_name: str = knobs.MODEL, seq_len: int = 128, batch_size: int = 4,
-                steps: int = 3, new_tokens: int = 16) -> dict:
-    """Time STEPS LoRA training steps (after one warm-up step) and a NEW_TOKENS greedy generation in FMT.
-
-    ``loss`` is the first step's loss: same weights, same batch in every format, so it shows how
-    far the format's arithmetic moves the result.
-    """
+def _trial(fmt: str, model_name: str, seq_len: int, batch_size: int) -> dict:
+    """FMT's model made trainable with PEFT (the same LoRA start in every format), its optimizer and batch."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
@@ -53,35 +48,67 @@ def measure_one(fmt: str, model_name: str = knobs.MODEL, seq_len: int = 128, bat
     model = get_peft_model(model, LoraConfig(r=knobs.LORA_R, lora_alpha=knobs.LORA_ALPHA, task_type="CAUSAL_LM",
                                              target_modules=knobs.TARGET_MODULES.split(",")))
     batch, tokens = _batch(tokenizer, seq_len, batch_size)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fmt != "fp32")
-    losses, started = [], 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()  # step 0 is the warm-up: first-call setup of every kernel
-        with autocast:
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    train_seconds = time.perf_counter() - started
-    return {"train_tokens_per_s": tokens * steps / train_seconds, "loss": losses[0],
-            "generate_tokens_per_s": _generate_speed(model, tokenizer, autocast, new_tokens)}
+    return {"model": model, "tokenizer": tokenizer, "batch": batch, "tokens": tokens,
+            "optimizer": torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4),
+            "autocast": torch.autocast("cpu", dtype=torch.bfloat16, enabled=fmt != "fp32")}
 
 
-def _generate_speed(model, tokenizer, autocast, new_tokens: int) -> float:
+def _train_step(trial: dict) -> tuple[float, float]:
+    """One training step of TRIAL: (seconds, loss)."""
+    started = time.perf_counter()
+    with trial["autocast"]:
+        loss = trial["model"](**trial["batch"]).loss
+    loss.backward()
+    trial["optimizer"].step()
+    trial["optimizer"].zero_grad()
+    return time.perf_counter() - started, loss.item()
+
+
+def measure_side_by_side(formats, model_name: str = knobs.MODEL, seq_len: int = 128, batch_size: int = 4,
+                         steps: int = 3, new_tokens: int = 16, rounds: int = 2) -> dict:
+    """{format: figures} for FORMATS timed in turns: a warm-up step of each, then STEPS rounds of one
+    training step per format, then ROUNDS of a NEW_TOKENS greedy generation per format.
+
+    In turns, because this VM's speed drifts by the minute: timed one after the other, two formats
+    within 15% of each other swapped places between two runs. Each format's figure is its best
+    round (other work can only slow a round down). ``loss`` is the warm-up step's loss: same weights,
+    same batch in every format, so it shows how far the format's arithmetic moves the result.
+    """
+    from tqdm.auto import tqdm
+
+    trials = {fmt: _trial(fmt, model_name, seq_len, batch_size) for fmt in tqdm(formats, desc="loading formats")}
+    first_loss = {fmt: _train_step(trial)[1] for fmt, trial in trials.items()}  # first calls set kernels up
+    best_step = dict.fromkeys(trials, float("inf"))
+    for _ in tqdm(range(steps), desc="training rounds (formats in turns)"):
+        for fmt, trial in trials.items():
+            best_step[fmt] = min(best_step[fmt], _train_step(trial)[0])
+    best_generation = dict.fromkeys(trials, float("inf"))
+    for _ in range(rounds):
+        for fmt, trial in trials.items():
+            best_generation[fmt] = min(best_generation[fmt], _generation_seconds(trial, new_tokens))
+    return {fmt: {"train_tokens_per_s": trials[fmt]["tokens"] / best_step[fmt], "loss": first_loss[fmt],
+                  "generate_tokens_per_s": new_tokens / best_generation[fmt]} for fmt in trials}
+
+
+def measure_one(fmt: str, model_name: str = knobs.MODEL, **settings) -> dict:
+    """``measure_side_by_side`` for one format."""
+    return measure_side_by_side([fmt], model_name, **settings)[fmt]
+
+
+def _generation_seconds(trial: dict, new_tokens: int) -> float:
+    """Seconds for a NEW_TOKENS greedy answer of TRIAL's model (after a two-token warm-up)."""
     import torch
 
+    model, tokenizer = trial["model"], trial["tokenizer"]
     model.eval()
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is compost?"}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     settings = dict(do_sample=False, use_cache=True, pad_token_id=tokenizer.eos_token_id)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), trial["autocast"]:
         model.generate(**prompt, max_new_tokens=2, **settings)  # warm-up
         started = time.perf_counter()
         model.generate(**prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
-    return new_tokens / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def probe(fmt: str, hidden: int = 576, inner: int = 1536, tokens: int = 256, repeats: int = 3) -> float:
@@ -110,16 +137,12 @@ def probe(fmt: str, hidden: int = 576, inner: int = 1536, tokens: int = 256, rep
 
 
 def measure(model_name: str = knobs.MODEL, formats=precision.FORMATS, always: bool = False, **settings) -> dict:
-    """{format: figures}: ``measure_one`` for fp32 and for each format whose ``probe`` is at least as
-    fast as fp32's (or for every format when ALWAYS); the others keep their probe's speedup only."""
-    from tqdm.auto import tqdm
-
+    """{format: figures}: fp32 and each format whose ``probe`` is at least as fast as fp32's (or every
+    format when ALWAYS) timed side by side (``measure_side_by_side``); the others keep their probe's
+    speedup only."""
     base = probe("fp32")
-    measured = {}
-    for fmt in tqdm(formats, desc="number formats"):
-        speedup = base / probe(fmt) if fmt != "fp32" else 1.0
-        if fmt == "fp32" or always or speedup >= 1:
-            measured[fmt] = {**measure_one(fmt, model_name, **settings), "probe_speedup": speedup}
-        else:
-            measured[fmt] = {"probe_speedup": speedup, "skipped": True}
-    return measured
+    speedups = {fmt: base / probe(fmt) if fmt != "fp32" else 1.0 for fmt in formats}
+    timed = [fmt for fmt in formats if fmt == "fp32" or always or speedups[fmt] >= 1]
+    measured = measure_side_by_side(timed, model_name, **settings)
+    return {fmt: {**measured[fmt], "probe_speedup": speedups[fmt]} if fmt in measured
+            else {"probe_speedup": speedups[fmt], "skipped": True} for fmt in formats}

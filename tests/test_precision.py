@@ -37,6 +37,14 @@ def test_choose_keeps_fp32_unless_another_format_is_clearly_faster_and_agrees():
     assert precision.choose({}) == "fp32"
 
 
+def test_formats_that_train_equally_fast_are_told_apart_by_generation():
+    base = figures(100)
+    tie = {"fp32": base, "bf16": figures(140, generate=9.0), "bf16-weights": figures(135, generate=16.0)}
+    assert precision.choose(tie) == "bf16-weights"  # 140 / 135 is within timing noise: generation decides
+    clear = {"fp32": base, "bf16": figures(200, generate=9.0), "bf16-weights": figures(135, generate=16.0)}
+    assert precision.choose(clear) == "bf16"  # clearly faster training wins, whatever it generates
+
+
 def test_pinned_format_wins_and_a_wrong_one_names_the_variable(own_cache, monkeypatch):
     precision.remember({"fp32": figures(100), "bf16": figures(200)}, "bf16")
     assert precision.cpu_choice() == "bf16"
@@ -106,7 +114,8 @@ def test_measure_times_only_formats_whose_probe_is_not_slower(monkeypatch):
     probes = {"fp32": 1.0, "bf16": 4.0, "bf16-weights": 0.5}  # seconds: bf16 4x slower, bf16 weights 2x faster
     monkeypatch.setattr(precision_speed, "probe", lambda fmt, **kw: probes[fmt])
     timed = []
-    monkeypatch.setattr(precision_speed, "measure_one", lambda fmt, *a, **k: timed.append(fmt) or figures(100))
+    monkeypatch.setattr(precision_speed, "measure_side_by_side",
+                        lambda formats, *a, **k: timed.extend(formats) or {f: figures(100) for f in formats})
     got = precision_speed.measure("any")
     assert timed == ["fp32", "bf16-weights"]
     assert got["bf16"] == {"probe_speedup": 0.25, "skipped": True}
@@ -121,9 +130,14 @@ def test_measure_times_only_formats_whose_probe_is_not_slower(monkeypatch):
 
 def test_probe_and_one_real_measurement_on_the_tiny_model(tiny_model_dir):
     assert precision_speed.probe("fp32", hidden=64, inner=128, tokens=32, repeats=1) > 0
-    got = precision_speed.measure_one("fp32", str(tiny_model_dir), seq_len=32, batch_size=2, steps=1, new_tokens=2)
-    assert got["train_tokens_per_s"] > 0 and got["generate_tokens_per_s"] > 0
-    assert math.isfinite(got["loss"]) and got["loss"] > 0
+    both = precision_speed.measure_side_by_side(["fp32", "bf16-weights"], str(tiny_model_dir), seq_len=32,
+                                                batch_size=2, steps=1, new_tokens=2, rounds=1)
+    assert list(both) == ["fp32", "bf16-weights"]
+    for got in both.values():
+        assert got["train_tokens_per_s"] > 0 and got["generate_tokens_per_s"] > 0
+        assert math.isfinite(got["loss"]) and got["loss"] > 0
+    # the same start and batch in both formats: only the arithmetic differs
+    assert abs(both["bf16-weights"]["loss"] / both["fp32"]["loss"] - 1) < 0.05
 
 
 def test_a_chip_with_other_bf16_units_is_measured_again(own_cache, monkeypatch):
