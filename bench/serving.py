@@ -106,7 +106,8 @@ def _load(url: str, asked: list[str], clients: int, sequential: int, new_tokens:
 
 def against_llama_cpp(model_name: str, run_dir, threads: int, clients: int = 32, questions: int = 32,
                       sequential: int = 8, new_tokens: int = 32) -> dict:
-    """Tokens/s of the course server (PyTorch, in the format precision="auto" chose) over llama.cpp's server (q8_0), batch 1 and CLIENTS."""
+    """Tokens/s of the course server (PyTorch, in the format precision="auto" chose) over llama.cpp's
+    server (q8_0), batch 1 and CLIENTS."""
     from pathlib import Path
 
     from course_lib import evaluate, models, quantize, serve

@@ -3,7 +3,8 @@
 
 A one-second ``probe`` first (one layer's forward and backward pass), then, for every format whose
 probe is not slower than fp32's, real LoRA training steps on persona batches and a short greedy
-generation, the formats taking turns (``measure_side_by_side``). The model is made trainable with PEFT's own calls, as in notebook 02.
+generation, the formats taking turns (``measure_side_by_side``). The model is made trainable with
+PEFT's own calls, as in notebook 02.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def measure_side_by_side(formats, model_name: str = knobs.MODEL, seq_len: int = 
     """{format: figures} for FORMATS timed in turns: a warm-up step of each, then STEPS rounds of one
     training step per format, then ROUNDS of a NEW_TOKENS greedy generation per format.
 
-    In turns, because this VM's speed drifts by the minute: timed one after the other, two formats
+    In turns, because a shared machine's speed drifts by the minute: timed one after the other, two formats
     within 15% of each other swapped places between two runs. Each format's figure is its best
     round (other work can only slow a round down). ``loss`` is the warm-up step's loss: same weights,
     same batch in every format, so it shows how far the format's arithmetic moves the result.
@@ -88,11 +89,6 @@ def measure_side_by_side(formats, model_name: str = knobs.MODEL, seq_len: int = 
             best_generation[fmt] = min(best_generation[fmt], _generation_seconds(trial, new_tokens))
     return {fmt: {"train_tokens_per_s": trials[fmt]["tokens"] / best_step[fmt], "loss": first_loss[fmt],
                   "generate_tokens_per_s": new_tokens / best_generation[fmt]} for fmt in trials}
-
-
-def measure_one(fmt: str, model_name: str = knobs.MODEL, **settings) -> dict:
-    """``measure_side_by_side`` for one format."""
-    return measure_side_by_side([fmt], model_name, **settings)[fmt]
 
 
 def _generation_seconds(trial: dict, new_tokens: int) -> float:
