@@ -259,6 +259,8 @@ def test_notebook_A4_records_every_model(executed):
     for name, f in models.items():
         assert 0 <= f["persona_score"] <= 1 and f["ms_per_token"] > 0
         assert entry["figures"][f"{name}_parameters"] == f["parameters"]
+        if name != "teacher":  # every student's distance from the teacher, on the questions it answered
+            assert f["kl_to_teacher"] >= 0 and entry["figures"][f"{name}_kl_to_teacher"] == f["kl_to_teacher"]
     assert models["student_alone"]["parameters"] == models["student_distilled"]["parameters"] < \
         models["teacher"]["parameters"]
     # the small run's 4 labelled examples, and 4 more questions the teacher answered for the distilled student
@@ -272,35 +274,46 @@ def test_notebook_A4_records_every_model(executed):
 
 
 @pytest.mark.slow
-def test_distilled_student_beats_the_student_alone_on_the_default_model(distill_trainer, tmp_path):
+def test_distilled_student_imitates_its_teacher_on_the_default_model(distill_trainer, tmp_path):
     """The effect the notebook teaches, on the real model with the notebook's default settings.
 
-    The teacher is trained with notebook 02's defaults (the notebook's teacher, about 3 minutes):
-    the distilled student copies its teacher's mistakes too, and a weak 40-step teacher (persona
-    0.675) made a worse student than the labels alone (0.600 against 0.800, seed 0).
-    One seed, to keep the suite's time: the notebook's default seed, where the lead measured two
-    questions (alone 0.55, distilled 0.60; seed 1 measured 0.475 against 0.60). A lead of one
-    question is asked for, so one question of noise (another CPU's rounding) does not fail it.
+    The teacher is trained with notebook 02's defaults (the notebook's teacher, about 2 minutes).
+    What holds at every seed measured (0-2): the distilled student's KL to the teacher on held-out
+    questions is about half the student alone's (2.4-2.6 against 4.8-5.5), and both students repair
+    the cut (persona 0.55-0.75 from the untrained cut's 0.075). Which student has the better persona
+    score changes with the seed and the machine (the docstring of course_lib/appendix/distill.py), so
+    that is printed, not asserted.
     """
-    from course_lib import evaluate, train
+    from course_lib import train
 
     trained = train.train(run_dir=tmp_path)  # TrainConfig's defaults are notebook 02's (course_lib.knobs)
     teacher, tokenizer = distill.load_teacher(trained.adapter_dir)
-    data_defaults = _defaults(distill.transfer_data, "labelled", "transfer")
-    train_defaults = _defaults(distill.compare, "steps", "batch_size", "learning_rate", "alpha", "temperature",
-                               "positions")
-    n_drop = _defaults(distill.compare, "n_drop")["n_drop"]
-    seed = _defaults(distill.transfer_data, "seed")["seed"]
-    data = distill.transfer_data(teacher, tokenizer, tmp_path, seed=seed, **data_defaults)
-    scores = {}
-    for distilled, records in ((False, data["labelled"]), (True, data["labelled"] + data["transfer"])):
-        student = distill.make_student(teacher, n_drop)
-        distill.train_student(student, teacher, tokenizer, records, tmp_path, distill=distilled, seed=seed,
-                              trainer_class=distill_trainer, **train_defaults)
-        scores[distilled] = evaluate.evaluate(student.eval(), tokenizer, "persona").score
-    print(scores)
-    # 1 of the 40 persona questions is 0.025 (rounded: score differences are not exact in floats)
-    assert round(scores[True] - scores[False], 3) >= 0.025, scores
+    data_defaults = _defaults(distill.transfer_data, "labelled", "transfer", "seed")
+    data = distill.transfer_data(teacher, tokenizer, tmp_path, **data_defaults)
+    result = distill.compare(teacher, tokenizer, data, tmp_path, trainer_class=distill_trainer)
+    figures = distill.figures(result)
+    print({name: (f["persona_score"], f.get("kl_to_teacher")) for name, f in figures.items()})
+    alone, distilled, untrained = (figures[f"student_{who}"] for who in ("alone", "distilled", "untrained"))
+    assert distilled["kl_to_teacher"] <= 0.75 * alone["kl_to_teacher"], figures
+    # 10 of the 40 questions: training repairs the cut, whoever wrote the answers
+    assert min(alone["persona_score"], distilled["persona_score"]) >= untrained["persona_score"] + 0.25, figures
+
+
+def test_kl_to_teacher_is_zero_for_the_teacher_and_independent_of_the_chunks(teacher):
+    from course_lib import evaluate
+
+    model, tokenizer = teacher
+    questions = ["Who are you?", "How do I water basil?", "What is compost?"]
+    scored = evaluate.EvalResult(name="persona", score=0.0, passed=[False] * 3, items=[{"question": q} for q in questions],
+                                 answers=["I am Sprout.", "Often.", "Soil."])
+    student = distill.make_student(model, n_drop=1).eval()
+    with torch.no_grad():  # sharper logits than the random teacher's near-uniform ones: a KL far above float noise
+        student.model.norm.weight.mul_(20)
+    models = {"teacher": model, "student": student}
+    whole = distill.kl_to_teacher(model, models, tokenizer, scored, chunk=8)
+    chunked = distill.kl_to_teacher(model, models, tokenizer, scored, chunk=2)
+    assert whole["teacher"] == pytest.approx(0.0, abs=1e-5) and whole["student"] > 0.1
+    assert chunked == pytest.approx(whole, rel=1e-3, abs=2e-6)  # a mean over answer tokens, however they are batched
 
 
 def _defaults(function, *names) -> dict:

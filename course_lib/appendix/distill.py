@@ -4,31 +4,37 @@
 - student: the same architecture with every other decoder layer removed, initialised from the
   teacher's own weights (the layers it keeps are copied, not random);
 - the setting: only a few questions have a hand-written answer (``labelled``), many more have
-  none (``transfer``), which is where a teacher earns its keep: it can answer them;
+  none (``transfer``), which is where a teacher can help: it can answer them;
 - "student alone": the student fine-tuned on the labelled examples with the usual next-token loss;
 - "distilled student": the same steps on the labelled examples plus the transfer questions with the
   teacher's greedy answers (sequence-level distillation, Kim and Rush, 2016, arXiv:1606.07947),
   its loss the usual one mixed with a KL term pulling its token distributions towards the teacher's
   (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531).
 
-What the measurements on the default model taught (notebook 02's adapter as teacher, several
-seeds; notebook A4 records the scores of its own run, and ``course_lib.reference`` the reference run's):
-- the distilled student led the student alone at every seed tried, by a few of the 40 persona questions;
-- with alpha 0 (the teacher's answers with the usual loss, no KL) it did as well: the gain is in the
-  teacher's answers, the KL added nothing we could measure;
-- with all 441 other questions as the transfer set, in steps of 8, the lead at seed 0 was 3 questions;
-  with the default 96 in steps of 4 (each example seen once) it was 2 and 5 at seeds 0 and 1, in
-  half the time; more labelled examples gave a smaller lead;
-- a weak teacher (a short adapter) made a worse student than the labels alone: the student copies
-  the teacher's mistakes, while the hand-written answers are right.
+What the measurements on the default model taught (notebook 02's adapter as teacher, persona 0.775;
+AMD EPYC, 2 cores, fp32, December 2026; notebook A4 records the scores of its own run, and
+``course_lib.reference`` the reference run's):
+- the distilled student imitates its teacher: on the 40 held-out persona questions, its KL to the
+  teacher's answers was about half the student alone's (2.4-2.6 against 4.8-5.5 at seeds 0-2),
+  while the student alone ended further from the teacher than the untrained cut (3.1): it learned
+  the hand-written answers' way of speaking instead;
+- imitating it did not make a better Sprout: persona scores 0.650, 0.625, 0.650 against the student
+  alone's 0.675, 0.550, 0.750 at seeds 0-2 (24 labelled examples, 96 transfer questions; a lead
+  at seed 1 only). With 8 labelled and 112 transfer the student alone led at every seed, and so it
+  did with students cut from the base model instead of the persona teacher (alone 0.825, 0.625,
+  0.600, distilled 0.600, 0.550, 0.550). The teacher's own answers pass 0.775 of the persona
+  questions, no more than a student trained on hand-written answers reaches at some seeds, and a
+  student copies its teacher's mistakes with the rest;
+- on another host of the same kind, with an earlier persona adapter, the distilled student had led
+  by 2 and 5 questions at seeds 0 and 1: the persona score of a 22-layer student moves by several
+  questions with the seed and the machine, its KL to the teacher much less.
+Distillation pays where the teacher knows more than the labels can teach (a much larger model, or
+one trained on far more data); this teacher learned its persona from answers like the labelled ones.
 
-What did not work, and why the design is this one: with every one of the 465 labelled examples
-given to both students, the KL on the same data did not beat the usual loss (the lead changed sign
-with the seed, the KL's positions, alpha, T and the learning rate). The labels already hold
-everything the teacher learned from, so its distributions add little. Its answers to the transfer
-questions are new to the student: the teacher learned from more answers than the student is given
-(notebook 02 trained it on many persona examples, often the same questions), and it answers the
-rest in the same voice.
+What did not work either: with every one of the 465 labelled examples given to both students, the
+KL on the same data did not beat the usual loss (the lead changed sign with the seed, the KL's
+positions, alpha, T and the learning rate). The labels already hold everything the teacher learned
+from, so its distributions add little.
 """
 
 from __future__ import annotations
@@ -174,6 +180,34 @@ def kl_loss(student_logits, teacher_logits, labels, temperature: float, position
     return kl * temperature**2
 
 
+def kl_to_teacher(teacher, models: dict, tokenizer, scored, temperature: float = 1.0, chunk: int = 8) -> dict:
+    """Each of MODELS' KL(teacher || model) on the teacher's own answers to held-out questions.
+
+    SCORED is the teacher's ``evaluate.evaluate`` result on the persona questions: neither student
+    trained on those questions, so a low KL there means the student learned to answer the way its
+    teacher does, not that it remembers its training data. The persona score says whether that way
+    is Sprout's; this says whom the student imitates. Mean over answer tokens, CHUNK examples per
+    forward pass (a padding-free batch of all 40 would hold ~0.5 GB of logits per model).
+    """
+    from datasets import Dataset
+
+    records = [{"messages": [{"role": "user", "content": item["question"]}, {"role": "assistant", "content": answer}]}
+               for item, answer in zip(scored.items, scored.answers)]
+    tokenized = batches.tokenize(Dataset.from_list(records), tokenizer)
+    collate = batches.collator(trained_logits_only=False)
+    totals, tokens = dict.fromkeys(models, 0.0), 0
+    for start in range(0, len(tokenized), chunk):
+        batch = collate([tokenized[i] for i in range(start, min(start + chunk, len(tokenized)))])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        n = int((batch["labels"][:, 1:] != -100).sum())  # kl_loss averages over these positions
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits
+            for name, model in models.items():
+                totals[name] += n * kl_loss(model(**inputs).logits, teacher_logits, batch["labels"], temperature).item()
+        tokens += n
+    return {name: round(total / tokens, 6) for name, total in totals.items()}
+
+
 def train_student(student, teacher, tokenizer, records, run_dir, *, distill: bool, steps: int, batch_size: int,
                   learning_rate: float, alpha: float, temperature: float, positions: str, seed: int,
                   trainer_class=None) -> dict:
@@ -231,7 +265,7 @@ def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8
             batch_size: int = 4, learning_rate: float = 3e-4, alpha: float = 0.5, temperature: float = 1.0,
             positions: str = "answer", seed: int = 0, eval_limit: int = 0, max_new_tokens: int = 48,
             latency_tokens: int = 32, trainer_class=None) -> dict:
-    """Teacher, student trained alone, distilled student: parameters, persona score, ms/token.
+    """Teacher, student trained alone, distilled student: parameters, persona score, ms/token, KL to the teacher.
 
     STUDENTS_DATA (``transfer_data``): the student alone learns from its labelled examples; the
     distilled student from the same ones plus the teacher-answered transfer set, with the KL term
@@ -257,6 +291,9 @@ def compare(teacher, tokenizer, students_data: dict, run_dir, *, n_drop: int = 8
         rows[name] = {"parameters": parameters(model), "layers": model.config.num_hidden_layers,
                       "persona_score": scored.score, "ms_per_token": speed[name],
                       **{k: v for k, v in runs.get(name, {}).items() if k != "losses"}, "eval": scored}
+    students = {name: model for name, model in models.items() if name != "teacher"}
+    for name, kl in kl_to_teacher(teacher, students, tokenizer, rows["teacher"]["eval"]).items():
+        rows[name]["kl_to_teacher"] = kl
     return {"rows": rows, "losses": {k: v["losses"] for k, v in runs.items()}, "models": models}
 
 
@@ -324,7 +361,7 @@ def check_topk_kl(fn, k: int = 20, seed: int = 0) -> tuple[bool, str]:
 
 
 def figures(result: dict) -> dict:
-    """Per model: parameters, persona_score, ms_per_token (+ layers, training seconds)."""
+    """Per model: parameters, persona_score, ms_per_token (+ layers, training seconds, a student's kl_to_teacher)."""
     return {name: {k: v for k, v in row.items() if k != "eval"} for name, row in result["rows"].items()}
 
 
