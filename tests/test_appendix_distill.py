@@ -245,7 +245,8 @@ def _kl_to(teacher, student, tokenizer, records):
 
     def measure():
         with torch.no_grad():
-            return distill.kl_loss(student(**batch).logits, teacher(**batch).logits, batch["labels"], 2.0).item()
+            logits = [m(**batch, use_cache=False).logits for m in (student, teacher)]  # packed rows: no KV cache
+            return distill.kl_loss(*logits, batch["labels"], 2.0).item()
 
     return measure
 
@@ -279,8 +280,8 @@ def test_distilled_student_imitates_its_teacher_on_the_default_model(distill_tra
 
     The teacher is trained with notebook 02's defaults (the notebook's teacher, about 2 minutes).
     What holds at every seed measured (0-2): the distilled student's KL to the teacher on held-out
-    questions is about half the student alone's (2.4-2.6 against 4.8-5.5), and both students repair
-    the cut (persona 0.55-0.75 from the untrained cut's 0.075). Which student has the better persona
+    questions is about a third of the student alone's (0.83-0.86 against 2.56-2.65), and both students
+    repair the cut (persona 0.55-0.75 from the untrained cut's 0.075). Which student has the better persona
     score changes with the seed and the machine (the docstring of course_lib/appendix/distill.py), so
     that is printed, not asserted.
     """
@@ -294,12 +295,13 @@ def test_distilled_student_imitates_its_teacher_on_the_default_model(distill_tra
     figures = distill.figures(result)
     print({name: (f["persona_score"], f.get("kl_to_teacher")) for name, f in figures.items()})
     alone, distilled, untrained = (figures[f"student_{who}"] for who in ("alone", "distilled", "untrained"))
-    assert distilled["kl_to_teacher"] <= 0.75 * alone["kl_to_teacher"], figures
+    assert distilled["kl_to_teacher"] <= 0.5 * alone["kl_to_teacher"], figures
     # 10 of the 40 questions: training repairs the cut, whoever wrote the answers
     assert min(alone["persona_score"], distilled["persona_score"]) >= untrained["persona_score"] + 0.25, figures
 
 
 def test_kl_to_teacher_is_zero_for_the_teacher_and_independent_of_the_chunks(teacher):
+    """All three examples in one packed row, or one a row: the same mean, so none sees its neighbour."""
     from course_lib import evaluate
 
     model, tokenizer = teacher
@@ -309,9 +311,10 @@ def test_kl_to_teacher_is_zero_for_the_teacher_and_independent_of_the_chunks(tea
     student = distill.make_student(model, n_drop=1).eval()
     with torch.no_grad():  # sharper logits than the random teacher's near-uniform ones: a KL far above float noise
         student.model.norm.weight.mul_(20)
+    student.config.use_cache = True  # as train_student leaves it: the packed rows must stay apart all the same
     models = {"teacher": model, "student": student}
     whole = distill.kl_to_teacher(model, models, tokenizer, scored, chunk=8)
-    chunked = distill.kl_to_teacher(model, models, tokenizer, scored, chunk=2)
+    chunked = distill.kl_to_teacher(model, models, tokenizer, scored, chunk=1)
     assert whole["teacher"] == pytest.approx(0.0, abs=1e-5) and whole["student"] > 0.1
     assert chunked == pytest.approx(whole, rel=1e-3, abs=2e-6)  # a mean over answer tokens, however they are batched
 
