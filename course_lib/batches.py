@@ -9,8 +9,9 @@ Three ideas a learner should take away:
    example and no padding. transformers turns restarting positions into a block-diagonal causal
    mask (``masking_utils.find_packed_sequence_indices``), so no example attends to its neighbour;
    and no compute is spent on padding tokens. Trap: transformers only does this when no KV cache
-   exists, so the model must run with ``use_cache=False`` (``train.prepare_model`` sets it);
-   with the cache on, packed examples silently see each other.
+   exists, so the model must run with ``use_cache=False``; with the cache on, packed examples
+   silently see each other. ``FlatCollator``'s batches carry ``use_cache=False`` for that reason,
+   whatever the model's config says (a model trained here keeps the cache on for generation).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class FlatCollator:
             batch["labels"] += [IGNORE] + list(f["labels"])[1:]
             batch["position_ids"] += list(f.get("position_ids") or range(len(f["input_ids"])))
         out = {k: torch.tensor([v], dtype=torch.long) for k, v in batch.items()}
+        out["use_cache"] = False  # with a KV cache transformers ignores the packing (see the module docstring)
         if self.trained_logits_only:
             targets = batch["labels"][1:] + [IGNORE]  # position t predicts token t + 1
             out["logits_to_keep"] = torch.tensor([[t != IGNORE for t in targets]])

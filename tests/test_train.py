@@ -64,14 +64,16 @@ def test_packed_loss_equals_separate_losses(tiny_model_dir, default_tokenizer):
     assert model.config.use_cache is False  # with a KV cache, transformers ignores packing boundaries
     tokenized = _tokenized(default_tokenizer, 4)
     collate = batches.collator()
-    with torch.no_grad():
-        packed_loss = model(**collate([tokenized[i] for i in range(4)])).loss
-        total = count = 0
-        for i in range(4):
-            n = sum(l != batches.IGNORE for l in tokenized[i]["labels"][1:])
-            total += model(**collate([tokenized[i]])).loss * n
-            count += n
-    assert torch.allclose(packed_loss, total / count, atol=1e-5)
+    for use_cache in (False, True):  # True: a trained model kept for generation; the batch turns the cache off
+        model.config.use_cache = use_cache
+        with torch.no_grad():
+            packed_loss = model(**collate([tokenized[i] for i in range(4)])).loss
+            total = count = 0
+            for i in range(4):
+                n = sum(l != batches.IGNORE for l in tokenized[i]["labels"][1:])
+                total += model(**collate([tokenized[i]])).loss * n
+                count += n
+        assert torch.allclose(packed_loss, total / count, atol=1e-5), use_cache
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -120,8 +120,8 @@ def loss_on(records, tokenizer):
     batch = batches.collator()([tokenized[i] for i in range(len(tokenized))])
 
     def loss(model) -> float:
-        with torch.no_grad():  # no KV cache, or the packed examples see each other (course_lib.batches)
-            return model(**batch, use_cache=False).loss.item()
+        with torch.no_grad():
+            return model(**batch).loss.item()
 
     return loss
 
@@ -198,9 +198,7 @@ def kl_to_teacher(teacher, models: dict, tokenizer, scored, temperature: float =
     totals, tokens = dict.fromkeys(models, 0.0), 0
     for start in range(0, len(tokenized), chunk):
         batch = collate([tokenized[i] for i in range(start, min(start + chunk, len(tokenized)))])
-        # use_cache=False: with a KV cache transformers skips the block-diagonal mask of packed rows
-        # (course_lib.batches), and a trained student keeps use_cache on for generation
-        inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # use_cache=False with them (course_lib.batches)
         n = int((batch["labels"][:, 1:] != -100).sum())  # kl_loss averages over these positions
         with torch.no_grad():
             teacher_logits = teacher(**inputs).logits
